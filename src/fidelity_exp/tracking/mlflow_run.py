@@ -1,0 +1,192 @@
+"""One Hydra job = one MLflow run: store resolution, params, tags, artifacts, run status.
+
+The store is `$MLFLOW_TRACKING_URI` if set (as MLflow users expect), else `tracking.uri`, else
+`sqlite:///<paths.mlruns>/mlflow.db`; local stores get an explicit artifact location under
+`tracking.artifact_root`, resolved against the start directory (not Hydra's job directory).
+
+Runs go through `MlflowClient` with an explicit run id rather than MLflow's global "active
+run", so parallel jobs and tests never write into each other's runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from fidelity_exp.paths import resolve
+
+MAX_PARAM_LENGTH = 6000   # MLflow 3's limit on a param value
+BATCH = 100               # MLflow's limit on params per log_batch call
+SPEC_PARAM_KEYS = ("name", "version", "source", "id")  # the rest of the spec goes in as an artifact
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if cfg.tracking.get("uri"):
+        return _absolute_sqlite(str(cfg.tracking.uri))
+    return "sqlite:///" + str(resolve(cfg.paths.mlruns) / "mlflow.db")
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """`sqlite:///rel.db` is relative to the current directory: pin it to the start directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(resolve(uri.removeprefix("sqlite:///")))
+    return uri
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def get_or_create_experiment(client, name: str, artifact_root: str | None, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_root and _is_local(uri):
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        location = (resolve(artifact_root) / safe).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a parallel job
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}, 'c': [2]} -> {'a.b': '1', 'c.0': '2'}; values as text, within MLflow's limit."""
+    out: dict[str, str] = {}
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(tree, (list, tuple)) and tree:
+        for i, v in enumerate(tree):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        text = "[]" if isinstance(tree, (list, tuple)) else ("null" if tree is None else str(tree))
+        out[prefix.rstrip(".")] = text[:MAX_PARAM_LENGTH]
+    return out
+
+
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as flat params; of the study spec only its identity (the whole spec
+    is logged as the artifact config/study_spec.yaml)."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    data = tree.pop("data", {}) or {}
+    tree["data"] = {k: data[k] for k in SPEC_PARAM_KEYS if k in data}
+    return flatten(tree)
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the code that runs (and whether it had uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=here,
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    commit = head.stdout.strip()
+    if head.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", commit):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+class TrackedRun:
+    """A started MLflow run and the few ways we write to it."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        """Defined values only: an undefined metric (None/NaN) is left out, never logged as 0."""
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in tags.items()]
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + BATCH])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write `text` to a private temporary file first, so a crash never leaves half an artifact."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(text, encoding="utf-8")
+            self.client.log_artifact(self.run_id, str(path), _parent(artifact_file))
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        self.log_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False), artifact_file)
+
+    def log_frame(self, frame, artifact_file: str) -> None:
+        self.log_text(frame.to_csv(index=False), artifact_file)
+
+    def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    def log_dir(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_dir)
+
+
+def _parent(artifact_file: str) -> str | None:
+    parent = str(Path(artifact_file).parent)
+    return None if parent in ("", ".") else parent
+
+
+@contextmanager
+def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
+    """Start a run in the configured experiment; mark it FINISHED, or FAILED with the reason as a tag."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = get_or_create_experiment(client, str(cfg.tracking.experiment), cfg.tracking.get("artifact_root"),
+                                             uri)
+    all_tags = {"mlflow.runName": run_name, **git_state(), **{k: v for k, v in tags.items() if v is not None}}
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()})
+    tracked = TrackedRun(client, run.info.run_id)
+    try:
+        yield tracked
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        try:
+            client.set_tag(run.info.run_id, "error", reason[:MAX_PARAM_LENGTH])
+        finally:
+            client.set_terminated(run.info.run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")

@@ -1,0 +1,84 @@
+"""Shared fixtures: compose the real configs (as the CLI does) with a tmp store, tiny studies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class Composer:
+    """`composer(*overrides)` -> (cfg, choices), composed like `python -m fidelity_exp` would."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __call__(self, *overrides: str):
+        cfg = compose("config", overrides=[f"paths.root={self.root}", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg, choices
+
+
+@pytest.fixture
+def composer(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield Composer(tmp_path)
+
+
+def tiny_spec(csv_path: Path, **changes) -> dict:
+    """A small valid spec over `tiny_frame()`; `changes` replace top-level keys."""
+    spec = {
+        "name": "tiny",
+        "version": 1,
+        "source": {"kind": "csv", "path": str(csv_path)},
+        "id": "rid",
+        "intro": "A tiny survey.",
+        "persona": [
+            {"column": "age", "label": "Age", "type": "numeric"},
+            {"column": "region", "label": "Region", "type": "nominal", "labels": {"n": "North", "s": "South"}},
+        ],
+        "questions": [
+            {"column": "trust", "text": "Trust?", "type": "ordinal", "role": "belief",
+             "options": {1: "Low", 2: "Mid", 3: "High"}},
+            {"column": "buy", "text": "Buy?", "type": "binary", "role": "action", "options": {"no": "No", "yes": "Yes"}},
+        ],
+        "subgroups": {"region": {"column": "region", "groups": {"North": ["n"], "South": ["s"]}}},
+        "coherence": [{"belief": "trust", "action": "buy", "contradiction": {"belief": [1], "action": ["yes"]}}],
+        "regressions": {"buy_model": {"formula": "buy ~ trust + age + C(region)", "family": "logit"}},
+    }
+    spec.update(changes)
+    return spec
+
+
+def tiny_frame(n: int = 40) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        rows.append({"rid": f"r{i:03d}", "age": 20 + i, "region": "n" if i % 3 else "s",
+                     "trust": 1 + i % 3, "buy": "yes" if (i * 7) % 5 < 2 else "no"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """(spec_path, csv_path): a valid tiny study written to tmp files."""
+    csv = tmp_path / "tiny.csv"
+    tiny_frame().to_csv(csv, index=False)
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(yaml.safe_dump(tiny_spec(csv), sort_keys=False))
+    return spec_path, csv

