@@ -29,7 +29,9 @@ def app(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     try:
-        return pipeline.run(cfg, choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task))
+        pipeline.run(cfg, choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task),
+                     output_dir=hc.runtime.output_dir)
+        return None
     except UserError as e:
         if _debug():
             raise

@@ -28,11 +28,11 @@ class Problem:
 class SpecError(UserError):
     """Every problem found in one study spec, reported together."""
 
-    def __init__(self, origin: str, problems: list[Problem]):
+    def __init__(self, origin: str, problems: list[Problem], what: str = "the study spec"):
         self.origin = origin
         self.problems = list(problems)
         n = len(self.problems)
-        head = f"{origin}: {n} problem{'s' if n != 1 else ''} in the study spec"
+        head = f"{origin}: {n} problem{'s' if n != 1 else ''} in {what}"
         super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 

@@ -1,32 +1,51 @@
 """The recipe: load study -> draw pilot -> build arms -> simulate -> score -> log.
 
-Each `setup_*` step takes its own part of the config and returns one plain object; user
-mistakes surface as `UserError`s before an MLflow run is created, so a bad input never leaves
-a half-made run behind.
+Each `setup_*` step takes its own part of the config and returns one plain object. Everything
+a user can get wrong (spec, data, config values, files) is checked before an MLflow run is
+created, so bad input never leaves a half-made run behind; a failure after that marks the run
+FAILED with the reason.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp import arms as arm_registry
 from fidelity_exp import tracking
-from fidelity_exp.study import Split, Study, draw_split, load_study, spec_from_config
+from fidelity_exp.errors import ConfigError
+from fidelity_exp.metrics import Options, evaluate_arm, human_reference, prefixed
+from fidelity_exp.paths import resolve
+from fidelity_exp.report import write_report
+from fidelity_exp.study import Split, Study, canonical_frame, draw_split, load_study, spec_from_config
 from fidelity_exp.study.loading import config_file
+from fidelity_exp.study.synthetic_file import as_file_frame, check_synthetic, read_table
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """What the metrics compare: the evaluation humans and one synthetic frame per arm."""
+
+    human: pd.DataFrame                 # canonical frame, index = respondent id
+    synthetic: dict[str, pd.DataFrame]  # arm -> canonical synthetic frame (with twin_of)
+    split: Split | None                 # None for evaluate-only runs
 
 
 def setup_study(data_cfg: DictConfig, choice: str | None) -> Study:
     """The study spec from the `data` group, checked, with its human data checked against it."""
     path = config_file("data", choice) if choice else None
     origin = path or f"data={choice or data_cfg.get('name')}"
-    spec, problems = spec_from_config(data_cfg, origin=origin, strict=False,
-                                      raw_file=path)
+    spec, problems = spec_from_config(data_cfg, origin=origin, strict=False, raw_file=path)
     return load_study(spec, problems, origin=origin)
 
 
@@ -35,37 +54,128 @@ def setup_split(pilot_cfg: DictConfig, eval_cfg: DictConfig, study: Study) -> Sp
                       eval_n=eval_cfg.get("n"))
 
 
-def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Sequence[str] = ()) -> float | None:
-    """Run one experiment; returns the sweep objective when the run computes one, else None."""
+def setup_metrics(metrics_cfg: DictConfig) -> Options:
+    return Options.from_config(metrics_cfg)
+
+
+def setup_evaluate(evaluate_cfg: DictConfig, study: Study) -> Evaluation:
+    """Evaluate-only: a synthetic file against the spec's humans (all of them) or a given file."""
+    if OmegaConf.is_missing(evaluate_cfg, "synthetic") or not evaluate_cfg.get("synthetic"):
+        raise ConfigError("evaluate.synthetic", None, "expected the path of a CSV or parquet file of synthetic "
+                          "respondents (format: SURVEY_SPEC.md), e.g. evaluate.synthetic=twins.csv")
+    human = study.frame
+    if evaluate_cfg.get("human"):
+        path = str(resolve(evaluate_cfg.human))
+        human = canonical_frame(study.spec, read_table(path, "evaluate.human"), origin=path,
+                                data_name=f"file {path!r}", use_id=True)
+    path = str(resolve(evaluate_cfg.synthetic))
+    synthetic = check_synthetic(study.spec, read_table(path, "evaluate.synthetic"), name=path, human_ids=human.index)
+    arm = str(evaluate_cfg.get("arm") or "synthetic")
+    return Evaluation(human=human, synthetic={arm: synthetic}, split=None)
+
+
+def simulate_arms(names: list[str], study: Study, split: Split, cfg: DictConfig) -> dict[str, pd.DataFrame]:
+    """Each arm's synthetic twins of the evaluation humans, checked like a user's file."""
+    out = {}
+    for name in names:
+        log.info("arm %s: simulating %d twins", name, len(split.evaluation))
+        options = (cfg.get("baselines") or {}).get(name) or {}
+        raw = arm_registry.ARMS[name](study, split, options, int(cfg.simulate.seed))
+        out[name] = check_synthetic(study.spec, raw, name=f"arm {name}", human_ids=split.evaluation)
+    return out
+
+
+def score(evaluation: Evaluation, study: Study, opts: Options) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Every arm's metrics (arm-prefixed) and the human split-half reference, in one flat dict."""
+    metrics: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    for arm, synthetic in evaluation.synthetic.items():
+        result = evaluate_arm(study.spec, evaluation.human, synthetic, opts)
+        metrics.update(prefixed(arm, result.values))
+        notes.update({f"{arm}/{k}": v for k, v in result.notes.items()})
+    metrics.update(human_reference(study.spec, evaluation.human, opts))
+    return metrics, notes
+
+
+def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Sequence[str] = (),
+        output_dir: str | os.PathLike | None = None) -> dict[str, float | None]:
+    """Run one experiment; returns the flat metrics (also written to `<output_dir>/metrics.json`)."""
     choices = choices or {}
     study = setup_study(cfg.data, choices.get("data"))
-    split = setup_split(cfg.pilot, cfg.eval, study)
-    arm_names = arm_registry.check_arms(cfg.arms)
-    log.info("study %s v%s: %d respondents; pilot %d (%s), evaluation %d; arms: %s", study.spec.name,
-             study.spec.version, len(study), len(split.pilot), cfg.pilot.method, len(split.evaluation),
-             ", ".join(arm_names) or "none")
+    opts = setup_metrics(cfg.metrics)
+    evaluate_only = cfg.get("evaluate") is not None
+    if evaluate_only:
+        evaluation, arm_names = setup_evaluate(cfg.evaluate, study), None
+        arm_names = list(evaluation.synthetic)
+    else:
+        split = setup_split(cfg.pilot, cfg.eval, study)
+        arm_names = arm_registry.check_arms(cfg.arms)
+        evaluation = Evaluation(human=study.frame.loc[split.evaluation], synthetic={}, split=split)
+        log.info("study %s v%s: %d respondents; pilot %d (%s), evaluation %d; arms: %s", study.spec.name,
+                 study.spec.version, len(study), len(split.pilot), cfg.pilot.method, len(split.evaluation),
+                 ", ".join(arm_names) or "none")
+    output = Path(output_dir) if output_dir else resolve(cfg.paths.outputs) / "latest"
 
     if not cfg.tracking.enabled:
-        return None
-    run_name = cfg.tracking.run_name or f"{study.spec.name}-{cfg.pilot.method}-n{cfg.pilot.n}-seed{cfg.seed}"
+        return _compute(cfg, study, evaluation, opts, arm_names, output, tracked=None)
+    run_name = cfg.tracking.run_name or (
+        f"{study.spec.name}-evaluate-{arm_names[0]}" if evaluate_only
+        else f"{study.spec.name}-{cfg.pilot.method}-n{cfg.pilot.n}-seed{cfg.seed}")
     tags = {
         "study.name": study.spec.name, "study.version": study.spec.version, "study.spec_file": study.spec.origin,
         "hydra.overrides": json.dumps(list(overrides)), "arms": ",".join(arm_names) or "none",
-        **dict(cfg.tracking.get("tags") or {}),
+        "mode": "evaluate" if evaluate_only else "experiment", **dict(cfg.tracking.get("tags") or {}),
     }
     with tracking.start_run(cfg, run_name=run_name, tags=tags) as tracked:
-        log_setup(tracked, cfg, study, split)
-    return None
+        log_setup(tracked, cfg, study, evaluation)
+        return _compute(cfg, study, evaluation, opts, arm_names, output, tracked)
 
 
-def log_setup(tracked: tracking.TrackedRun, cfg: DictConfig, study: Study, split: Split) -> None:
+def _compute(cfg, study, evaluation, opts, arm_names, output: Path, tracked) -> dict[str, float | None]:
+    if evaluation.split is not None:
+        evaluation.synthetic = simulate_arms(arm_names, study, evaluation.split, cfg)
+    metrics, notes = score(evaluation, study, opts)
+    write_json_atomic(output / "metrics.json", metrics)
+    log.info("metrics: %s", ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                                       if k.endswith("fidelity_score") and v is not None))
+    if tracked is not None:
+        log_results(tracked, cfg, study, evaluation, metrics, notes, output)
+    return metrics
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write to a temporary name beside the target, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def log_setup(tracked: tracking.TrackedRun, cfg: DictConfig, study: Study, evaluation: Evaluation) -> None:
     """What a reviewer needs to reproduce the run: config, spec, split sizes and ids."""
     params: dict[str, Any] = tracking.config_params(cfg)
-    params.update({"study.n_respondents": str(len(study)), "split.n_pilot": str(len(split.pilot)),
-                   "split.n_evaluation": str(len(split.evaluation))})
-    tracked.log_params(params)
+    params["study.n_respondents"] = str(len(study))
+    params["split.n_evaluation"] = str(len(evaluation.human))
     tracked.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
     tracked.log_text(OmegaConf.to_yaml(cfg.data, resolve=True), "config/study_spec.yaml")
-    ids = split.ids_frame()
-    tracked.log_frame(ids[ids.set == "pilot"][["id"]], "split/pilot_ids.csv")
-    tracked.log_frame(ids[ids.set == "evaluation"][["id"]], "split/evaluation_ids.csv")
+    if evaluation.split is not None:
+        params["split.n_pilot"] = str(len(evaluation.split.pilot))
+        ids = evaluation.split.ids_frame()
+        tracked.log_frame(ids[ids.set == "pilot"][["id"]], "split/pilot_ids.csv")
+        tracked.log_frame(ids[ids.set == "evaluation"][["id"]], "split/evaluation_ids.csv")
+    tracked.log_params(params)
+
+
+def log_results(tracked: tracking.TrackedRun, cfg: DictConfig, study: Study, evaluation: Evaluation,
+                metrics: dict, notes: dict, output: Path) -> None:
+    tracked.log_metrics(metrics)
+    if notes:
+        tracked.set_tags(notes)
+    tracked.log_file(output / "metrics.json")
+    for arm, frame in evaluation.synthetic.items():
+        tracked.log_frame(as_file_frame(study.spec, frame), f"synthetic/{arm}.csv")
+    title = f"fidelity_exp report: {study.spec.name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(Path(tmp), study.spec, evaluation.human, evaluation.synthetic, metrics, title=title)
+        tracked.log_dir(tmp, "report")

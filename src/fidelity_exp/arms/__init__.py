@@ -32,3 +32,7 @@ def check_arms(names) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError("arms", names, "each arm may be listed once")
     return names
+
+
+# Registering the built-in arms (imported last: they use `register` above).
+from fidelity_exp.arms import baselines  # noqa: E402,F401

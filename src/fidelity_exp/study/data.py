@@ -97,7 +97,10 @@ def canonical_frame(spec: StudySpec, raw: pd.DataFrame, *, origin: str, data_nam
         else:
             if p.labels:
                 _code_type_problem(problems, f"persona[{i}].labels", p.column, list(p.labels), s, data_name)
-            out[p.column] = s.to_numpy()
+            # stored numbers stay numbers (also when a file or an arm hands them over as objects)
+            num = pd.to_numeric(s.astype(object), errors="coerce")
+            all_numbers = num.notna().sum() == s.notna().sum() and not pd.api.types.is_bool_dtype(s)
+            out[p.column] = num.to_numpy(dtype=float) if all_numbers else s.to_numpy()
     for key, items in (("conditions", spec.conditions), ("questions", spec.questions)):
         for i, item in enumerate(items):
             codes = item.codes
@@ -132,7 +135,7 @@ def _ids(spec: StudySpec, raw: pd.DataFrame, data_name: str, problems: list[Prob
         problems.append(Problem("id", f"column {spec.id!r} has missing ids (rows {rows}) in {data_name}"))
     dup = ids[ids.duplicated(keep=False) & ids.notna()]
     if len(dup):
-        values = list(pd.unique(dup))[:MAX_LISTED]
+        values = [plain(v) for v in pd.unique(dup)][:MAX_LISTED]
         problems.append(Problem("id", f"column {spec.id!r} must be unique, but {len(pd.unique(dup))} ids repeat "
                                 f"(for example {values!r}) in {data_name}"))
     return pd.Index(ids.to_numpy(), name="id")
@@ -154,12 +157,12 @@ def _code_type_problem(problems, where, column, codes, s: pd.Series, data_name) 
     kind = _code_kind(codes)
     data_numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if kind == "number" and not data_numeric and pd.to_numeric(values, errors="coerce").isna().any():
-        examples = list(pd.unique(values[pd.to_numeric(values, errors="coerce").isna()]))[:MAX_LISTED]
+        examples = [plain(v) for v in pd.unique(values[pd.to_numeric(values, errors="coerce").isna()])][:MAX_LISTED]
         problems.append(Problem(where, f"the codes are numbers ({codes[:MAX_LISTED]!r}) but column {column!r} "
                                 f"holds text such as {examples!r} in {data_name}"))
         return True
     if kind == "text" and data_numeric:
-        examples = list(pd.unique(values))[:MAX_LISTED]
+        examples = [plain(v) for v in pd.unique(values)][:MAX_LISTED]
         problems.append(Problem(where, f"the codes are texts ({codes[:MAX_LISTED]!r}) but column {column!r} "
                                 f"holds numbers such as {examples!r} in {data_name}; write the codes unquoted"))
         return True
@@ -191,9 +194,15 @@ def _to_codes(problems, where, column, codes: tuple, s: pd.Series, index: pd.Ind
     return pd.Categorical.from_codes(position, categories=list(codes))
 
 
+def plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so messages read 9, not np.int64(9)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _list_bad(bad: pd.Series, index: pd.Index) -> str:
     rows = bad.index.to_numpy()[:MAX_LISTED]
-    items = ", ".join(f"{bad.loc[r]!r} (id {index[r]!r})" for r in rows)
+    where = "id" if index.name == "id" else "row"
+    items = ", ".join(f"{plain(bad.loc[r])!r} ({where} {plain(index[r])!r})" for r in rows)
     more = f" and {len(bad) - len(rows)} more" if len(bad) > len(rows) else ""
     return f"value{'s' if len(bad) > 1 else ''} {items}{more}"
 

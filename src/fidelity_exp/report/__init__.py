@@ -1,0 +1,202 @@
+"""The side-by-side report: arms as columns, headline metrics with 95% intervals as rows, the
+human split-half reference beside them; PNG plots of answer distributions, subgroup JS by
+level and a coefficient forest plot. `write_report` writes report.md, report.html (plots
+embedded) and plots/*.png into a folder and returns their paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fidelity_exp.metrics import higher_is_better, key_info  # noqa: E402
+from fidelity_exp.metrics.registry import clean  # noqa: E402
+from fidelity_exp.study.spec import StudySpec  # noqa: E402
+
+REFERENCE = "reference/human_split"
+
+
+def headline_keys(spec: StudySpec) -> list[str]:
+    """The rows of the table: the summary score, then one or two keys per metric family."""
+    keys = ["fidelity_score", "divergence/js/mean", "divergence/tvd/mean", "divergence/w1/mean",
+            "heterogeneity/unique_profiles/ratio", "heterogeneity/entropy_ratio/mean", "heterogeneity/sd_ratio/mean"]
+    for sg in spec.subgroups:
+        g = clean(sg.name)
+        keys += [f"subgroup/{g}/js/mean", f"subgroup/{g}/gap_inflation/mean", f"within_group/{g}/variance_ratio"]
+    for pair in spec.coherence:
+        p = f"{clean(pair.belief)}__{clean(pair.action)}"
+        keys.append(f"coherence/{p}/spearman/abs_diff")
+        if pair.contradiction_belief is not None:
+            keys.append(f"coherence/{p}/gap_rate/abs_diff")
+    for reg in spec.regressions:
+        r = clean(reg.name)
+        keys += [f"regression/{r}/sign_f1", f"regression/{r}/sign_agreement", f"regression/{r}/ci_coverage",
+                 f"regression/{r}/sig_diff_rate"]
+    keys.append("individual/accuracy/mean")
+    return keys
+
+
+def _num(x) -> float:
+    return np.nan if x is None else float(x)
+
+
+def _fmt(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
+
+
+def _cell(metrics: dict, key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "—"
+    low, high = metrics.get(f"{key}/ci_low"), metrics.get(f"{key}/ci_high")
+    return _fmt(value) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "")
+
+
+def _direction(key: str) -> str:
+    info = key_info(key)
+    if info is None:
+        return ""
+    if info.higher_is_better is None:
+        return "best 1" if info.identical == 1.0 else ""
+    return "higher better" if higher_is_better(key) else "lower better"
+
+
+def table(spec: StudySpec, metrics: dict, arms: list[str]) -> pd.DataFrame:
+    rows = []
+    for key in headline_keys(spec):
+        cells = [_cell(metrics, f"{arm}/{key}") for arm in arms]
+        reference = _fmt(metrics.get(f"{REFERENCE}/{key}"))
+        if all(c == "—" for c in cells) and reference == "—":
+            continue
+        rows.append([key, _direction(key), *cells, reference])
+    return pd.DataFrame(rows, columns=["metric", "direction", *arms, "human split-half"])
+
+
+# --- plots --------------------------------------------------------------------------------
+
+
+def _freqs(frame: pd.DataFrame, column: str, codes) -> np.ndarray:
+    counts = np.array([(frame[column].astype(object) == c).sum() for c in codes], dtype=float)
+    return counts / counts.sum() if counts.sum() else counts
+
+
+def plot_distributions(spec: StudySpec, human: pd.DataFrame, synthetic: dict[str, pd.DataFrame], path: Path) -> None:
+    qs = spec.questions
+    cols = min(3, len(qs))
+    rows = math.ceil(len(qs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    sides = {"human": human, **synthetic}
+    width = 0.8 / len(sides)
+    for ax, q in zip(axes.ravel(), qs):
+        x = np.arange(len(q.options))
+        for i, (name, frame) in enumerate(sides.items()):
+            ax.bar(x + i * width - 0.4 + width / 2, _freqs(frame, q.column, q.codes), width, label=name)
+        ax.set_title(q.column, fontsize=10)
+        ax.set_xticks(x, [str(t)[:14] for t in q.options.values()], rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel("share")
+    for ax in axes.ravel()[len(qs):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle(f"{spec.name}: answer distributions, human vs each arm")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_subgroup_js(spec: StudySpec, metrics: dict, arms: list[str], path: Path) -> bool:
+    if not spec.subgroups:
+        return False
+    fig, axes = plt.subplots(1, len(spec.subgroups), figsize=(5 * len(spec.subgroups), 3.5), squeeze=False)
+    width = 0.8 / max(len(arms), 1)
+    for ax, sg in zip(axes.ravel(), spec.subgroups):
+        x = np.arange(len(sg.levels))
+        for i, arm in enumerate(arms):
+            values = [metrics.get(f"{arm}/subgroup/{clean(sg.name)}/{clean(lv)}/js") for lv in sg.levels]
+            ax.bar(x + i * width - 0.4 + width / 2, [_num(v) for v in values], width, label=arm)
+        ax.set_xticks(x, list(sg.levels), rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"subgroup {sg.name}", fontsize=10)
+        ax.set_ylabel("JS distance (lower is better)")
+        ax.set_ylim(0, 1)
+    axes.ravel()[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_coefficients(spec: StudySpec, metrics: dict, arms: list[str], path: Path) -> bool:
+    if not spec.regressions or not arms:
+        return False
+    fig, axes = plt.subplots(1, len(spec.regressions), figsize=(6 * len(spec.regressions), 4.5), squeeze=False)
+    for ax, reg in zip(axes.ravel(), spec.regressions):
+        prefix = f"{arms[0]}/regression/{clean(reg.name)}/"
+        terms = sorted({k[len(prefix):].rsplit("/coef/human", 1)[0] for k in metrics
+                        if k.startswith(prefix) and k.endswith("/coef/human")})
+        terms = [t for t in terms if t != "Intercept"]
+        sides = [("human", arms[0], "human")] + [(arm, arm, "synthetic") for arm in arms]
+        step = 0.8 / len(sides)
+        for i, (label, arm, side) in enumerate(sides):
+            base = f"{arm}/regression/{clean(reg.name)}/"
+            coef = np.array([_num(metrics.get(f"{base}{t}/coef/{side}")) for t in terms])
+            se = np.array([_num(metrics.get(f"{base}{t}/se/{side}")) for t in terms])
+            y = np.arange(len(terms)) + i * step - 0.4 + step / 2
+            ax.errorbar(coef, y, xerr=1.959964 * se, fmt="o", ms=4, capsize=2, label=label)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(np.arange(len(terms)), terms, fontsize=8)
+        ax.set_title(f"{reg.name} ({reg.family}): coefficients with 95% intervals", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: dict[str, pd.DataFrame],
+                 metrics: dict, *, title: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plots").mkdir(exist_ok=True)
+    arms = list(synthetic)
+    plots = [folder / "plots" / "distributions.png"]
+    plot_distributions(spec, human, synthetic, plots[0])
+    if plot_subgroup_js(spec, metrics, arms, folder / "plots" / "subgroup_js.png"):
+        plots.append(folder / "plots" / "subgroup_js.png")
+    if plot_coefficients(spec, metrics, arms, folder / "plots" / "coefficients.png"):
+        plots.append(folder / "plots" / "coefficients.png")
+
+    tab = table(spec, metrics, arms)
+    intro = (f"Study `{spec.name}` v{spec.version}: {len(human)} evaluation humans; arms: {', '.join(arms)}. "
+             "Cells are point values with percentile-bootstrap 95% intervals; the last column is the level "
+             "sampling noise alone produces (one half of the humans scored against the other half): an arm "
+             "cannot be judged better than it. Undefined values are shown as —.")
+    md = [f"# {title}", "", intro, "", _markdown_table(tab), ""]
+    md += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    (folder / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    images = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        f"<figcaption>{p.stem}</figcaption></figure>" for p in plots)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
+            "img{max-width:100%}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>{tab.to_html(index=False, escape=True)}"
+            f"{images}</body></html>")
+    (folder / "report.html").write_text(page, encoding="utf-8")
+    return [folder / "report.md", folder / "report.html", *plots]
+
+
+def _markdown_table(tab: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(tab.columns) + " |", "|" + "---|" * len(tab.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in tab.itertuples(index=False)]
+    return "\n".join(lines)
