@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from fidelity_exp.metrics import Options, evaluate_arm, human_reference
-from fidelity_exp.metrics.suite import Context, compute
 from fidelity_exp.metrics.encoded import encode
+from fidelity_exp.metrics.suite import Context, compute
 from fidelity_exp.study import canonical_frame, parse_spec
 
 
@@ -66,6 +66,7 @@ def main() -> None:
 
     spec = make_spec()
     human, synthetic = make_frame(spec, args.n, 0, 0.0), make_frame(spec, args.n, 1, 0.2)
+    synthetic["twin_of"] = human.index.to_numpy()   # one twin per human: twin accuracy is timed too
     opts = Options(bootstrap=args.bootstrap, reference_splits=args.reference_splits)
 
     t0 = time.perf_counter()

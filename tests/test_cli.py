@@ -32,7 +32,7 @@ def _runs(db: Path, experiment: str):
 @pytest.mark.slow
 def test_quickstart_twice_gives_two_runs_with_the_same_split(tmp_path):
     for _ in range(2):
-        done = cli("+experiment=quickstart", cwd=tmp_path)
+        done = cli("+experiment=quickstart", "metrics.bootstrap=10", "metrics.reference_splits=2", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     client, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "anes96")
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
@@ -63,7 +63,7 @@ def test_own_spec_and_experiment_through_searchpath(tmp_path):
     (mine / "data" / "my_survey.yaml").write_text(yaml.safe_dump(tiny_spec(Path("survey.csv"), name="my_survey")))
     (mine / "experiment" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /data: my_survey\npilot:\n  n: 20\n")
-    done = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=mine", cwd=tmp_path)
+    done = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=mine", "metrics.bootstrap=10", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "my_survey")
     assert runs[0].data.params["split.n_pilot"] == "20"

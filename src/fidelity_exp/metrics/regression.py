@@ -54,8 +54,10 @@ def design(enc: Encoded, reg: Regression) -> Design:
     frame = numeric_frame(enc.spec, enc.frame).reset_index(drop=True)
     frame["__row__"] = np.arange(len(frame))
     try:
+        # A clean namespace (numpy as np, plus patsy's own C, Q, I, ...): names in our code can
+        # never shadow what a formula means.
         y, X = patsy.dmatrices(reg.formula, frame, return_type="dataframe", NA_action="drop",
-                               eval_env=patsy.EvalEnvironment.capture(0, reference=0))
+                               eval_env=patsy.EvalEnvironment([{"np": np}]))
     except Exception as e:  # a formula that does not fit this data (e.g. one level of a factor)
         raise FitFailure(f"cannot build the design: {e}") from None
     row_of = np.full(len(frame), -1, dtype=np.int64)
@@ -92,10 +94,11 @@ def fit(reg: Regression, d: Design, rows: np.ndarray, alpha: float) -> Fit:
             raise FitFailure(f"the fit did not converge ({e})") from None
         except (np.linalg.LinAlgError, ValueError) as e:
             raise FitFailure(str(e)) from None
-    if getattr(res, "mle_retvals", None) and not res.mle_retvals.get("converged", True):
-        raise FitFailure("the fit did not converge")
-    params, bse, pvalues = np.asarray(res.params), np.asarray(res.bse), np.asarray(res.pvalues)
-    ci = np.asarray(res.conf_int(alpha))
+        if getattr(res, "mle_retvals", None) and not res.mle_retvals.get("converged", True):
+            raise FitFailure("the fit did not converge")
+        # statsmodels computes these lazily: inside the guard, so a degenerate fit warns nobody
+        params, bse, pvalues = np.asarray(res.params), np.asarray(res.bse), np.asarray(res.pvalues)
+        ci = np.asarray(res.conf_int(alpha))
     if reg.family == "mnlogit":
         names, (lo, hi) = _mnlogit_names(d, y), _mnlogit_ci(ci, params.shape)
         params, bse, pvalues = params.T.ravel(), bse.T.ravel(), pvalues.T.ravel()

@@ -244,7 +244,7 @@ def numeric_frame(spec: StudySpec, frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for q in spec.questions:
         values = q.numeric_values
-        out[q.column] = frame[q.column].astype(object).map(lambda c: values.get(c, np.nan)).astype(float)
+        out[q.column] = frame[q.column].astype(object).map(values).astype(float)  # unmapped (missing) -> NaN
     for c in spec.conditions:
         col = frame[c.column].astype(object)
         out[c.column] = pd.to_numeric(col, errors="coerce") if all(is_number(x) for x in c.codes) else col

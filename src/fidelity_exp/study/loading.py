@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from fidelity_exp.errors import Problem, SpecError
-from fidelity_exp.study.spec import StudySpec, check_spec, parse_spec
+from fidelity_exp.study.spec import check_spec, parse_spec
 
 
 class _SpecLoader(yaml.SafeLoader):

@@ -47,8 +47,12 @@ def _likert(z: np.ndarray) -> np.ndarray:
     return 1 + (z[:, None] > _THRESHOLDS[None, :]).sum(axis=1)
 
 
-def disclosure(n: int = 929, seed: int = 0) -> pd.DataFrame:
-    """Draw `n` respondents of the synthetic disclosure study; the same seed gives the same frame."""
+def disclosure(n: int = 929, seed: int = 0, coefficients: dict[str, float] | None = None) -> pd.DataFrame:
+    """Draw `n` respondents of the synthetic disclosure study; the same seed gives the same frame.
+
+    `coefficients` replaces some of TRUE_COEFFICIENTS (e.g. a flipped sign, for testing that
+    regression recovery notices it); the beliefs and demographics are drawn the same way.
+    """
     rng = np.random.default_rng(seed)
     # Balanced random assignment to the 8 cells of the 2x2x2 design.
     cell = rng.permutation(np.arange(n) % 8)
@@ -66,7 +70,10 @@ def disclosure(n: int = 929, seed: int = 0) -> pd.DataFrame:
     z_b = -0.02 * (age - 45) + rng.normal(size=n)
     concern, trust, benefit = _likert(z_c), _likert(z_t), _likert(z_b)
 
-    b = TRUE_COEFFICIENTS
+    b = {**TRUE_COEFFICIENTS, **(coefficients or {})}
+    unknown = set(b) - set(TRUE_COEFFICIENTS)
+    if unknown:
+        raise ValueError(f"unknown terms {sorted(unknown)}; the model's terms are {list(TRUE_COEFFICIENTS)}")
     eta = (
         b["Intercept"] + b["purpose"] * purpose + b["assurance"] * assurance + b["sensitive"] * sensitive
         + b["concern"] * concern + b["trust"] * trust + b["benefit"] * benefit + b["age"] * age
