@@ -32,13 +32,17 @@ def _runs(db: Path, experiment: str):
 @pytest.mark.slow
 def test_quickstart_twice_gives_two_runs_with_the_same_split(tmp_path):
     for _ in range(2):
-        done = cli("+experiment=quickstart", "metrics.bootstrap=10", "metrics.reference_splits=2", cwd=tmp_path)
+        done = cli("+experiment=quickstart", "model=tiny_random", "finetune.max_steps=2", "eval.n=40",
+                   "metrics.bootstrap=10", "metrics.reference_splits=2", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     client, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "anes96")
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     ids = [pd.read_csv(client.download_artifacts(r.info.run_id, "split/pilot_ids.csv", str(tmp_path / r.info.run_id)))
            for r in runs]
     assert ids[0].equals(ids[1]) and len(ids[0]) == 100
+    synthetic = [pd.read_csv(client.download_artifacts(r.info.run_id, "synthetic/finetuned.csv", str(tmp_path / f"s{i}")))
+                 for i, r in enumerate(runs)]
+    pd.testing.assert_frame_equal(synthetic[0], synthetic[1])   # same command, same seed: the same twins
     assert (tmp_path / "mlruns" / "outputs").is_dir()   # Hydra's run dirs under mlruns/, not the cwd
     assert not (tmp_path / "outputs").exists()
 
@@ -62,7 +66,8 @@ def test_own_spec_and_experiment_through_searchpath(tmp_path):
     tiny_frame(60).to_csv(csv, index=False)
     (mine / "data" / "my_survey.yaml").write_text(yaml.safe_dump(tiny_spec(Path("survey.csv"), name="my_survey")))
     (mine / "experiment" / "mine.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /data: my_survey\npilot:\n  n: 20\n")
+        "# @package _global_\ndefaults:\n  - override /data: my_survey\npilot:\n  n: 20\n"
+        "arms: [pilot_resample, tabular]\n")
     done = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=mine", "metrics.bootstrap=10", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "my_survey")

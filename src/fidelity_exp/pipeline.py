@@ -54,6 +54,19 @@ def setup_split(pilot_cfg: DictConfig, eval_cfg: DictConfig, study: Study) -> Sp
                       eval_n=eval_cfg.get("n"))
 
 
+def active_arms(cfg: DictConfig) -> list[str]:
+    """The configured arms that run (`finetune=none` runs the base model alone)."""
+    from fidelity_exp.arms.llm import FINETUNE_METHODS
+
+    names = arm_registry.check_arms(cfg.arms)
+    if cfg.finetune.method not in FINETUNE_METHODS:
+        raise ConfigError("finetune.method", cfg.finetune.method, f"expected one of {', '.join(FINETUNE_METHODS)}")
+    if cfg.finetune.method == "none" and "finetuned" in names:
+        log.info("finetune=none: the finetuned arm is not run")
+        names.remove("finetuned")
+    return names
+
+
 def setup_metrics(metrics_cfg: DictConfig) -> Options:
     return Options.from_config(metrics_cfg)
 
@@ -74,15 +87,22 @@ def setup_evaluate(evaluate_cfg: DictConfig, study: Study) -> Evaluation:
     return Evaluation(human=human, synthetic={arm: synthetic}, split=None)
 
 
-def simulate_arms(names: list[str], study: Study, split: Split, cfg: DictConfig) -> dict[str, pd.DataFrame]:
+def simulate_arms(names: list[str], study: Study, split: Split, cfg: DictConfig,
+                  tracked: tracking.TrackedRun | None) -> dict[str, pd.DataFrame]:
     """Each arm's synthetic twins of the evaluation humans, checked like a user's file."""
-    out = {}
+    from fidelity_exp.arms.llm import run_llm_arms
+
+    raw: dict[str, pd.DataFrame] = {}
+    llm = [n for n in names if n in arm_registry.LLM_ARMS]
+    if llm:
+        raw.update(run_llm_arms(llm, study, split, cfg, tracked, tracking.tracking_uri(cfg)))
     for name in names:
-        log.info("arm %s: simulating %d twins", name, len(split.evaluation))
-        options = (cfg.get("baselines") or {}).get(name) or {}
-        raw = arm_registry.ARMS[name](study, split, options, int(cfg.simulate.seed))
-        out[name] = check_synthetic(study.spec, raw, name=f"arm {name}", human_ids=split.evaluation)
-    return out
+        if name not in llm:
+            log.info("arm %s: simulating %d twins", name, len(split.evaluation))
+            options = (cfg.get("baselines") or {}).get(name) or {}
+            raw[name] = arm_registry.ARMS[name](study, split, options, int(cfg.simulate.seed))
+    return {name: check_synthetic(study.spec, raw[name], name=f"arm {name}", human_ids=split.evaluation)
+            for name in names}
 
 
 def score(evaluation: Evaluation, study: Study, opts: Options) -> tuple[dict[str, float | None], dict[str, str]]:
@@ -109,7 +129,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
         arm_names = list(evaluation.synthetic)
     else:
         split = setup_split(cfg.pilot, cfg.eval, study)
-        arm_names = arm_registry.check_arms(cfg.arms)
+        arm_names = active_arms(cfg)
         evaluation = Evaluation(human=study.frame.loc[split.evaluation], synthetic={}, split=split)
         log.info("study %s v%s: %d respondents; pilot %d (%s), evaluation %d; arms: %s", study.spec.name,
                  study.spec.version, len(study), len(split.pilot), cfg.pilot.method, len(split.evaluation),
@@ -133,7 +153,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
 
 def _compute(cfg, study, evaluation, opts, arm_names, output: Path, tracked) -> dict[str, float | None]:
     if evaluation.split is not None:
-        evaluation.synthetic = simulate_arms(arm_names, study, evaluation.split, cfg)
+        evaluation.synthetic = simulate_arms(arm_names, study, evaluation.split, cfg, tracked)
     metrics, notes = score(evaluation, study, opts)
     write_json_atomic(output / "metrics.json", metrics)
     log.info("metrics: %s", ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()

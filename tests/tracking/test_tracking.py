@@ -15,6 +15,8 @@ from fidelity_exp.tracking import start_run, tracking_uri
 
 
 SMALL = ("metrics.bootstrap=10", "metrics.reference_splits=2")
+# The quickstart's recipe at test size: the tiny random model, a short fine-tune, 60 twins.
+TINY = ("model=tiny_random", "finetune.max_steps=2", "eval.n=60")
 
 
 def _runs(uri: str, experiment: str):
@@ -24,7 +26,7 @@ def _runs(uri: str, experiment: str):
 
 
 def test_quickstart_writes_a_complete_run_to_the_tmp_store(composer, tmp_path):
-    cfg, choices = composer("+experiment=quickstart")
+    cfg, choices = composer("+experiment=quickstart", *TINY)
     uri = tracking_uri(cfg)
     assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     result = pipeline.run(cfg, choices=choices, overrides=["+experiment=quickstart"], output_dir=tmp_path / "out")
@@ -34,9 +36,9 @@ def test_quickstart_writes_a_complete_run_to_the_tmp_store(composer, tmp_path):
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "quickstart"
     params = run.data.params
-    assert params["pilot.n"] == "100" and params["pilot.method"] == "random" and params["seed"] == "0"
+    assert params["pilot.n"] == "100" and params["pilot.method"] == "stratified" and params["seed"] == "0"
     assert params["data.name"] == "anes96" and params["data.source.kind"] == "statsmodels"
-    assert params["split.n_pilot"] == "100" and params["split.n_evaluation"] == "844"
+    assert params["split.n_pilot"] == "100" and params["split.n_evaluation"] == "60"
     tags = run.data.tags
     assert tags["study.name"] == "anes96" and tags["study.version"] == "1"
     assert tags["hydra.overrides"] == '["+experiment=quickstart"]' and "arms" in tags
@@ -45,8 +47,8 @@ def test_quickstart_writes_a_complete_run_to_the_tmp_store(composer, tmp_path):
     assert files == {"config/config.yaml", "config/study_spec.yaml", "split/pilot_ids.csv", "split/evaluation_ids.csv"}
 
     # the metrics: every arm's keys, the reference, and the same values in metrics.json and MLflow
-    assert "arms" in tags and tags["arms"] == "pilot_resample,tabular"
-    for arm in ("pilot_resample", "tabular"):
+    assert tags["arms"] == "base,finetuned,pilot_resample,tabular"
+    for arm in ("base", "finetuned", "pilot_resample", "tabular"):
         assert run.data.metrics[f"{arm}/fidelity_score"] == pytest.approx(result[f"{arm}/fidelity_score"])
         assert f"{arm}/divergence/js/mean/ci_low" in run.data.metrics
     assert "reference/human_split/fidelity_score" in run.data.metrics
@@ -56,7 +58,7 @@ def test_quickstart_writes_a_complete_run_to_the_tmp_store(composer, tmp_path):
     report = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/plots"} <= report
     md = open(client.download_artifacts(run.info.run_id, "report/report.md", str(tmp_path))).read()
-    assert "| metric | direction | pilot_resample | tabular | human split-half |" in md   # the baselines side by side
+    assert "| metric | direction | base | finetuned | pilot_resample | tabular | human split-half |" in md
     html = open(client.download_artifacts(run.info.run_id, "report/report.html", str(tmp_path))).read()
     assert html.count("data:image/png;base64,") == 3
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == result
@@ -64,14 +66,14 @@ def test_quickstart_writes_a_complete_run_to_the_tmp_store(composer, tmp_path):
     # the logged pilot ids are the split the pipeline drew
     local = client.download_artifacts(run.info.run_id, "split/pilot_ids.csv", str(tmp_path))
     study = load_study(spec_from_config(cfg.data, origin="anes96"))
-    expected = draw_split(study, n=100, seed=0).pilot
+    expected = draw_split(study, method="stratified", by="party", n=100, seed=0, eval_n=60).pilot
     assert list(pd.read_csv(local)["id"]) == list(expected)
 
 
 def test_environment_tracking_uri_wins(composer, tmp_path, monkeypatch):
     other = f"sqlite:///{tmp_path}/elsewhere.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
-    cfg, choices = composer("+experiment=quickstart", "tracking.experiment=from_env", *SMALL)
+    cfg, choices = composer("+experiment=quickstart", "tracking.experiment=from_env", "arms=[tabular]", *SMALL)
     assert tracking_uri(cfg) == other
     pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
     assert len(_runs(other, "from_env")[1]) == 1
@@ -128,3 +130,39 @@ def test_evaluate_needs_a_synthetic_file(composer, tmp_path):
     cfg, choices = composer("+experiment=evaluate")
     with pytest.raises(ConfigError, match="evaluate.synthetic"):
         pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
+
+
+def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
+    """The quickstart's recipe with tiny_random: base and finetuned beside the baselines, training
+    loss per step, adapter logged and registered, example interview and twins logged."""
+    cfg, choices = composer("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune.max_steps=3",
+                            *SMALL)
+    result = pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
+    client, runs = _runs(tracking_uri(cfg), "anes96")
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["arms"] == "base,finetuned,pilot_resample,tabular"
+    for arm in ("base", "finetuned", "pilot_resample", "tabular"):
+        assert result[f"{arm}/fidelity_score"] is not None and f"{arm}/fidelity_score" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+    assert run.data.metrics["perf/finetune_tokens_per_s"] > 0 and run.data.metrics["perf/base/simulate_tokens_per_s"] > 0
+    logged = {f.path for d in ("adapter", "prompts", "synthetic") for f in client.list_artifacts(run.info.run_id, d)}
+    assert {"adapter/adapter_model.safetensors", "prompts/example_interview.txt", "synthetic/base.csv",
+            "synthetic/finetuned.csv"} <= logged
+    version = client.get_model_version("anes96-tiny_random-lora", "1")
+    assert version.run_id == run.info.run_id and run.data.tags["adapter.uri"] == "models:/anes96-tiny_random-lora/1"
+    twins = pd.read_csv(client.download_artifacts(run.info.run_id, "synthetic/finetuned.csv", str(tmp_path)))
+    assert len(twins) == 20 and "vote__p__1" in twins.columns
+
+    # the registered adapter drives a later run's finetuned arm without training
+    cfg2, choices2 = composer("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune=registered",
+                              "finetune.uri=models:/anes96-tiny_random-lora/1", *SMALL)
+    again = pipeline.run(cfg2, choices=choices2, output_dir=tmp_path / "out2")
+    assert again["finetuned/divergence/js/mean"] == pytest.approx(result["finetuned/divergence/js/mean"])
+
+
+def test_finetune_none_runs_the_base_model_alone(composer, tmp_path):
+    cfg, choices = composer("+experiment=quickstart", "model=tiny_random", "eval.n=10", "finetune=none",
+                            "arms=[base,finetuned]", *SMALL)
+    assert pipeline.active_arms(cfg) == ["base"]
+    result = pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
+    assert "base/fidelity_score" in result and not any(k.startswith("finetuned/") for k in result)

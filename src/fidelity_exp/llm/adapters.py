@@ -1,0 +1,90 @@
+"""LoRA adapters in MLflow: logged as the run's `adapter` artifact, registered as a model
+version, and loaded back from `models:/<name>/<version>` (or `runs:/<id>/adapter`).
+
+Adapters are saved and loaded as safetensors only: a directory with a pickled
+`adapter_model.bin` instead is refused, since unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fidelity_exp.errors import UserError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def registered_name(study: str, model: str) -> str:
+    """The registry name of a study's adapters on one base model, e.g. `anes96-smollm2_135m-lora`."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study}-{model}-lora")
+
+
+def log_and_register(tracked: Any, peft_model: Any, name: str) -> str:
+    """Save the adapter (safetensors), log it as `adapter`, register a new version; return the version."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+        tracked.log_dir(tmp, "adapter")
+    client = tracked.client
+    try:
+        client.create_registered_model(name, description="LoRA adapters fine-tuned by fidelity_exp on human pilots")
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code if hasattr(e, "error_code") else e):
+            raise
+    run = client.get_run(tracked.run_id)
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/adapter", run_id=tracked.run_id)
+    tracked.set_tags({"adapter.registered_model": name, "adapter.version": version.version,
+                      "adapter.uri": f"models:/{name}/{version.version}"})
+    return str(version.version)
+
+
+def download(uri: str, tracking_uri: str, dest: str | Path) -> Path:
+    """Fetch an adapter directory from MLflow (`models:/...`, `runs:/...`) or take a local folder."""
+    import mlflow
+
+    if Path(uri).is_dir():
+        return Path(uri)
+    try:
+        source = _registry_source(uri, tracking_uri) if uri.startswith("models:/") else uri
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=tracking_uri)
+    except Exception as e:  # MLflow raises several types for a bad URI; the user needs the URI and the reason
+        raise UserError(f"finetune.uri={uri!r}: cannot be fetched from {tracking_uri} ({e})") from None
+    return Path(local)
+
+
+def _registry_source(uri: str, tracking_uri: str) -> str:
+    """`models:/<name>/<version>` or `models:/<name>@<alias>` -> the artifact URI it was registered from,
+    looked up in this run's store (MLflow's own lookup would use the global registry URI)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).source
+    name, _, version = rest.rpartition("/")
+    return client.get_model_version(name, version).source
+
+
+def load_adapter(loaded_model: Any, folder: Path) -> Any:
+    """A PeftModel: the base model with the adapter from `folder` (safetensors only)."""
+    from peft import PeftModel
+
+    missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
+    if missing:
+        pickled = " (it holds a pickled adapter_model.bin, which is never loaded)" if (folder / "adapter_model.bin").exists() else ""
+        raise UserError(f"adapter {str(folder)!r} lacks {', '.join(missing)}{pickled}")
+    try:
+        model = PeftModel.from_pretrained(loaded_model, str(folder), is_trainable=False)
+    except Exception as e:  # a corrupted or mismatched file: say which and why
+        raise UserError(f"adapter {str(folder)!r} cannot be loaded onto this model: {e}") from None
+    return model.eval()
+
+
+def fetch_adapter(loaded_model: Any, uri: str, tracking_uri: str) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_adapter(loaded_model, download(uri, tracking_uri, tmp))

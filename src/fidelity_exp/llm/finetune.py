@@ -1,0 +1,168 @@
+"""LoRA fine-tuning on the pilot humans' interviews (config group `finetune`).
+
+The training data are the pilot respondents' complete interviews, rendered by the same
+`interview.messages` as simulation; the loss is on the answer letters only. Training runs on
+the transformers `Trainer` (optimizer, schedule, seeding, mixed precision and multi-GPU come
+from it on a cluster); the loss of every step goes to MLflow through a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from fidelity_exp.errors import ConfigError
+from fidelity_exp.llm.interview import Renderer
+from fidelity_exp.llm.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    model: Any                                  # the PeftModel (adapter enabled)
+    losses: list[float] = field(default_factory=list)
+    examples: int = 0
+    tokens: int = 0                             # real tokens forward+backward, all steps
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+
+def lora_config(lora: Any):
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(lora.rank), lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
+                      target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+class _Collator:
+    """Right-pads a batch (labels with -100) and counts the real tokens it hands out."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id, self.tokens = pad_id, 0
+
+    def __call__(self, batch: list[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
+        self.tokens += int(mask.sum())
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[Any]]):
+    rows = []
+    for g, a in zip(given, answers, strict=True):
+        ids, labels = renderer.training_example(g, a)
+        if any(x != -100 for x in labels):      # a respondent with no answer teaches nothing
+            rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[str, Any]],
+             answers: Sequence[Sequence[Any]], cfg: Any, *, on_step: Callable[[int, float], None] | None = None,
+             progress: bool = True) -> FinetuneResult:
+    """Attach a LoRA adapter to `loaded.model` and train it on the pilot interviews."""
+    from peft import get_peft_model
+    from transformers import TrainerCallback, TrainingArguments
+
+    if cfg.method != "lora":
+        raise ConfigError("finetune.method", cfg.method, "expected lora (or finetune=none for no fine-tuning)")
+    rows = training_set(renderer, given, answers)
+    if not rows:
+        raise ConfigError("pilot", len(given), "the pilot has no answered question to fine-tune on")
+    torch.manual_seed(int(cfg.seed))                   # LoRA's A matrices start random
+    model = get_peft_model(loaded.model, lora_config(cfg.lora))
+    collator = _Collator(renderer.tokenizer.pad_token_id)
+    result = FinetuneResult(model=model, examples=len(rows))
+
+    class StepLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                result.losses.append(float(logs["loss"]))
+                if on_step:
+                    on_step(state.global_step, float(logs["loss"]))
+
+    cuda = loaded.device.type == "cuda"
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=int(cfg.batch_size), num_train_epochs=float(cfg.epochs),
+            max_steps=int(cfg.get("max_steps") or -1), learning_rate=float(cfg.learning_rate),
+            lr_scheduler_type=str(cfg.get("scheduler", "linear")), warmup_steps=int(cfg.get("warmup_steps", 0)),
+            weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], seed=int(cfg.seed),
+            data_seed=int(cfg.seed), use_cpu=not cuda, bf16=cuda and loaded.dtype == torch.bfloat16,
+            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
+            **_sampling(bool(cfg.get("group_by_length", True))),
+        )
+        trainer = _answer_loss_trainer()(model=model, args=args, train_dataset=_ListDataset(rows),
+                                         data_collator=collator, callbacks=[StepLog()])
+        if not progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        start = time.perf_counter()
+        trainer.train()
+        result.seconds = time.perf_counter() - start
+    result.tokens = collator.tokens
+    model.eval()
+    log.info("fine-tuned on %d pilot interviews: %d steps, loss %.3f -> %.3f, %.0f tokens/s", len(rows),
+             len(result.losses), result.losses[0], result.losses[-1], result.tokens_per_s)
+    return result
+
+
+def answer_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens, with the vocabulary projection computed only at
+    the positions that predict them (a few per interview, instead of every position: the
+    projection is a fifth of SmolLM2's parameters)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state   # (B, T, H)
+    targets = labels[:, 1:]                                                                     # (B, T-1)
+    keep = targets != -100
+    logits = base.lm_head(hidden[:, :-1][keep])                                                 # (answers, V)
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def _answer_loss_trainer():
+    """The transformers Trainer with `answer_loss` (imported here: transformers' Trainer is slow to import)."""
+    from transformers import Trainer
+
+    class AnswerLossTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = answer_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            return (loss, None) if return_outputs else loss
+
+    return AnswerLossTrainer
+
+
+def _sampling(group_by_length: bool) -> dict:
+    """Batches of similar lengths (less padding); the argument's name changed in transformers 5."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    if "train_sampling_strategy" in params:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]

@@ -1,0 +1,144 @@
+"""Loading the pretrained instruction model (config group `model`).
+
+Sources:
+- `gguf_package`: a GGUF file shipped inside an installed Python package (SmolLM2-135M-Instruct,
+  offline); transformers de-quantises it to the chosen dtype.
+- `hub`: a HuggingFace hub id or a local directory (`name_or_path`), for GPU users with the
+  weights in their cache or internet; `trust_remote_code` stays off unless the config turns it on.
+- `random`: a small model of the same architecture built from a config with random weights, with
+  the tokenizer (and chat template) of another source; for tests.
+
+`dtype: auto` means bfloat16 on CUDA, float32 elsewhere; `device: auto` means CUDA when present.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fidelity_exp.errors import ConfigError, UserError
+from fidelity_exp.llm.assets import check_gguf, packaged_file
+
+log = logging.getLogger(__name__)
+SOURCES = ("gguf_package", "hub", "random")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any          # a transformers causal LM (eval mode)
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec not in DTYPES:
+        raise ConfigError("model.dtype", spec, f"expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+def load_model(cfg: Any) -> LoadedModel:
+    """The model and tokenizer a `model` config describes, on its device, in eval mode."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise ConfigError("model.source", source, f"expected one of {', '.join(SOURCES)}")
+    device = resolve_device(str(cfg.get("device", "auto")))
+    dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
+    tokenizer = load_tokenizer(cfg.tokenizer if source == "random" else cfg)
+    if source == "random":
+        model = _random_model(cfg, tokenizer, dtype)
+    else:
+        model = _pretrained_model(cfg, dtype)
+    model.to(device).eval()
+    log.info("model %s: %.1fM parameters, %s on %s", cfg.name, sum(p.numel() for p in model.parameters()) / 1e6,
+             str(dtype).removeprefix("torch."), device)
+    return LoadedModel(str(cfg.name), model, tokenizer, device, dtype)
+
+
+def _hub_kwargs(cfg: Any) -> dict:
+    return {"trust_remote_code": bool(cfg.get("trust_remote_code", False)), "revision": cfg.get("revision"),
+            "local_files_only": os.environ.get("HF_HUB_OFFLINE", "0") in ("1", "true", "True")}
+
+
+def load_tokenizer(cfg: Any):
+    from transformers import AutoTokenizer
+
+    source = cfg.get("source")
+    if source == "gguf_package":
+        return _gguf_tokenizer(str(cfg.package), str(cfg.file))
+    if source == "hub":
+        try:
+            tok = AutoTokenizer.from_pretrained(str(cfg.name_or_path), **_hub_kwargs(cfg))
+        except OSError as e:
+            raise UserError(_not_found(cfg, e)) from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+    raise ConfigError("model.tokenizer.source", source, "expected gguf_package or hub")
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_tokenizer(package: str, file: str):
+    from transformers import AutoTokenizer
+
+    path = packaged_file(package, file)
+    check_gguf(path)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def _pretrained_model(cfg: Any, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    if cfg.source == "gguf_package":
+        path = packaged_file(str(cfg.package), str(cfg.file))
+        check_gguf(path)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        # transformers de-quantises GGUF weights into ordinary tensors but still marks the model
+        # as quantized, and its Trainer then refuses to train adapters on it: unmark it.
+        model.hf_quantizer, model.is_quantized = None, False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(cfg.name_or_path), dtype=dtype, **_hub_kwargs(cfg))
+    except OSError as e:
+        raise UserError(_not_found(cfg, e)) from None
+
+
+def _not_found(cfg: Any, e: Exception) -> str:
+    offline = _hub_kwargs(cfg)["local_files_only"]
+    hint = (" HF_HUB_OFFLINE=1 is set, so only the local cache is searched: download the model once with "
+            "internet (huggingface-cli download NAME), or point model.name_or_path at a local directory."
+            if offline else "")
+    return f"model.name_or_path={cfg.name_or_path!r}: cannot be loaded ({str(e).splitlines()[0]}).{hint}"
+
+
+def _random_model(cfg: Any, tokenizer, dtype: torch.dtype):
+    """A small Llama with random weights (seeded) over the tokenizer's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    arch = dict(cfg.architecture)
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True, **arch)
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    return LlamaForCausalLM(config).to(dtype)

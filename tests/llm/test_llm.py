@@ -1,0 +1,229 @@
+"""LLM arms on `tiny_random` (SmolLM2's tokenizer and chat template, a 2-layer random Llama):
+rendering, exact option probabilities, sequential interviews, determinism, LoRA training and
+adapter round trips through MLflow; one test loads the real SmolLM2 file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from fidelity_exp.arms.llm import answers_of, records
+from fidelity_exp.llm import adapters
+from fidelity_exp.llm.engine import choose, direct_probabilities, simulate, uniforms_for
+from fidelity_exp.llm.finetune import answer_loss, finetune, training_set
+from fidelity_exp.llm.interview import LETTERS, Renderer, messages
+from fidelity_exp.llm.models import load_model
+from fidelity_exp.study import draw_split, study_from_file
+from fidelity_exp.tracking.mlflow_run import TrackedRun
+
+from ..conftest import CONF
+
+
+def tiny():
+    return load_model(OmegaConf.load(CONF / "model" / "tiny_random.yaml"))
+
+
+def lora_cfg(**changes):
+    cfg = OmegaConf.load(CONF / "finetune" / "lora.yaml")
+    cfg.seed = 0
+    for k, v in changes.items():
+        OmegaConf.update(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def study():
+    s = study_from_file(CONF / "data" / "anes96.yaml")
+    return s, draw_split(s, n=24, seed=0, eval_n=12)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny()
+
+
+def pilot_data(study):
+    s, split = study
+    return records(s.frame.loc[split.pilot], s.spec.given_columns), answers_of(s, split.pilot)
+
+
+def twins_of(study):
+    s, split = study
+    return records(s.frame.loc[split.evaluation], s.spec.given_columns)
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def test_one_renderer_for_training_and_simulation(study, base):
+    s, _ = study
+    given, answers = pilot_data(study)
+    r = Renderer(s.spec, base.tokenizer)
+    ids, labels = r.training_example(given[0], answers[0])
+    answered = [(q, a) for q, a in zip(s.spec.questions, answers[0]) if a is not None]
+    learned = [t for t in labels if t != -100]
+    assert base.tokenizer.decode(learned) == "".join(LETTERS[list(q.codes).index(a)] for q, a in answered)
+    for j in range(len(s.spec.questions)):   # every simulation prompt is a prefix of the training interview
+        prompt = r.prompt_ids(given[0], answers[0], j)
+        if all(a is not None for a in answers[0][:j]):
+            assert ids[: len(prompt)] == prompt
+    text = base.tokenizer.decode(ids)
+    assert "Highest level of education: " in text and "A. Extremely liberal" in text
+
+
+def test_show_persona_false_leaves_the_persona_out_of_both(study, base):
+    s, _ = study
+    given, answers = pilot_data(study)
+    r = Renderer(s.spec, base.tokenizer, show_persona=False)
+    for ids in (r.training_example(given[0], answers[0])[0], r.prompt_ids(given[0], [], 0)):
+        text = base.tokenizer.decode(ids)
+        assert "About you" not in text and "Household income" not in text and "Clinton" in text
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+def test_probabilities_are_exact_and_sum_to_one(study, base):
+    s, _ = study
+    r, twins = Renderer(s.spec, base.tokenizer), twins_of(study)
+    result = simulate(base.model, r, twins, uniforms_for(len(twins), 5, 0), batch_size=5)   # padding in play
+    for j in range(5):
+        assert np.allclose(result.probabilities[j].sum(axis=1), 1.0)
+        for i in range(len(twins)):
+            direct = direct_probabilities(base.model, r, twins[i], result.answers[i][:j], j)
+            np.testing.assert_allclose(result.probabilities[j][i], direct, atol=1e-5)
+    assert result.tokens == sum(len(r.prompt_ids(t, a, 4)) for t, a in zip(twins, result.answers))
+
+
+def test_the_interview_conditions_on_earlier_answers(study, base):
+    s, _ = study
+    r, twin = Renderer(s.spec, base.tokenizer), twins_of(study)[0]
+    after_a = direct_probabilities(base.model, r, twin, [1], 1)
+    after_g = direct_probabilities(base.model, r, twin, [7], 1)
+    assert np.abs(after_a - after_g).max() > 1e-4
+    chat = messages(s.spec, twin, [1, None, None, None, None], upto=1)
+    assert chat[2] == {"role": "assistant", "content": "A"}
+
+
+def test_same_seed_same_twins_other_seed_other_twins(study, base):
+    s, _ = study
+    r, twins = Renderer(s.spec, base.tokenizer), twins_of(study)
+    first = simulate(base.model, r, twins, uniforms_for(len(twins), 5, 3))
+    again = simulate(base.model, r, twins, uniforms_for(len(twins), 5, 3), batch_size=4)
+    other = simulate(base.model, r, twins, uniforms_for(len(twins), 5, 4))
+    assert first.answers == again.answers
+    for j in range(5):
+        np.testing.assert_allclose(first.probabilities[j], again.probabilities[j], atol=1e-6)
+    assert first.answers != other.answers
+
+
+def test_temperature():
+    p = np.array([[0.1, 0.2, 0.7]])
+    assert choose(p, np.array([0.05]), 1.0)[0] == 0 and choose(p, np.array([0.95]), 1.0)[0] == 2
+    assert choose(p, np.array([0.05]), 0.0)[0] == 2                 # greedy
+    assert choose(p, np.array([0.29]), 1.0)[0] == 1
+    assert choose(p, np.array([0.29]), 0.2)[0] == 2                 # sharper: mass moves to the mode
+
+
+# --- fine-tuning -------------------------------------------------------------------------------
+
+
+def pilot_loss(model, r, given, answers) -> float:
+    rows = training_set(r, given, answers)
+    losses = []
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]])
+            losses.append(float(answer_loss(model, ids, torch.ones_like(ids), torch.tensor([row["labels"]]))))
+    return float(np.mean(losses))
+
+
+def test_lora_trains_the_adapter_only_and_the_pilot_loss_goes_down(study):
+    s, _ = study
+    loaded = tiny()
+    r = Renderer(s.spec, loaded.tokenizer)
+    given, answers = pilot_data(study)
+    before = {k: v.detach().clone() for k, v in loaded.model.named_parameters()}
+    loss_before = pilot_loss(loaded.model, r, given, answers)
+    result = finetune(loaded, r, given, answers, lora_cfg(learning_rate=1e-2, epochs=4, batch_size=4), progress=False)
+    after = dict(result.model.get_base_model().named_parameters())
+    lora = {k: v for k, v in after.items() if "lora_" in k}
+    assert lora and any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)   # B starts at zero
+    for name, value in before.items():                                                   # the base is frozen
+        key = next(k for k in after if k.replace(".base_layer", "") == name)
+        assert torch.equal(after[key], value), name
+    assert pilot_loss(result.model, r, given, answers) < loss_before - 0.05
+    assert len(result.losses) == 4 * 6 and result.tokens > 0 and result.tokens_per_s > 0
+
+
+def test_adapter_round_trip_through_mlflow(study, tmp_path):
+    s, _ = study
+    loaded = tiny()
+    r = Renderer(s.spec, loaded.tokenizer)
+    given, answers = pilot_data(study)
+    trained = finetune(loaded, r, given, answers, lora_cfg(max_steps=3, learning_rate=1e-2), progress=False).model
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("adapters", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp)
+    version = adapters.log_and_register(TrackedRun(client, run.info.run_id), trained, "anes96-tiny_random-lora")
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "adapter")}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= files
+
+    reloaded = adapters.fetch_adapter(tiny().model, f"models:/anes96-tiny_random-lora/{version}", uri)
+    twin = twins_of(study)[0]
+    np.testing.assert_allclose(direct_probabilities(reloaded, r, twin, [3], 1),
+                               direct_probabilities(trained, r, twin, [3], 1), atol=1e-6)
+    assert not np.allclose(direct_probabilities(tiny().model, r, twin, [3], 1),
+                           direct_probabilities(trained, r, twin, [3], 1), atol=1e-6)
+
+
+def test_a_pickled_or_corrupt_adapter_is_refused(tmp_path, base):
+    from fidelity_exp.errors import UserError
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(UserError, match="pickled adapter_model.bin, which is never loaded"):
+        adapters.load_adapter(base.model, tmp_path)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="cannot be loaded"):
+        adapters.load_adapter(base.model, tmp_path)
+
+
+# --- model sources -----------------------------------------------------------------------------
+
+
+def test_hub_source_loads_a_local_directory_offline(tmp_path, base, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base.model.save_pretrained(tmp_path / "m")
+    base.tokenizer.save_pretrained(tmp_path / "m")
+    cfg = OmegaConf.create({"name": "local", "source": "hub", "name_or_path": str(tmp_path / "m"), "dtype": "auto",
+                            "device": "cpu", "trust_remote_code": False, "revision": None})
+    loaded = load_model(cfg)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, base.model(ids).logits)
+    missing = OmegaConf.merge(cfg, {"name_or_path": "no-such-org/no-such-model"})
+    from fidelity_exp.errors import UserError
+
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE=1"):
+        load_model(missing)
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_file(study):
+    s, _ = study
+    loaded = load_model(OmegaConf.load(CONF / "model" / "smollm2_135m.yaml"))
+    assert 130e6 < loaded.n_parameters < 140e6 and loaded.dtype == torch.float32
+    r = Renderer(s.spec, loaded.tokenizer)
+    twins = twins_of(study)[:2]
+    result = simulate(loaded.model, r, twins, uniforms_for(2, 5, 0))
+    for j in range(5):
+        assert np.allclose(result.probabilities[j].sum(axis=1), 1.0)
+        np.testing.assert_allclose(result.probabilities[j][0],
+                                   direct_probabilities(loaded.model, r, twins[0], result.answers[0][:j], j), atol=1e-4)
+    vote = result.probabilities[4][0]
+    assert vote.max() > 0.55   # a real model has opinions: far from uniform over the two candidates
