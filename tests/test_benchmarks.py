@@ -1,0 +1,42 @@
+"""The benchmark scripts run and end with their JSON figures (no timing is asserted: the
+machine is shared and noisy; the figures are read by people, side by side in one run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+
+def run(script: str, *args: str, tmp_path) -> dict:
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    assert last == json.loads(out.read_text())
+    return last
+
+
+@pytest.mark.slow
+def test_simulate_benchmark(tmp_path):
+    figures = run("simulate.py", "--model", "tiny_random", "--twins", "6", "--skip-ablations", tmp_path=tmp_path)
+    for key in ("ratio_vs_naive", "frac_of_matmul_peak", "tokens_per_s", "peak_rss_mb",
+                "engine_respondent_questions_per_s", "naive_respondent_questions_per_s"):
+        assert figures[key] > 0, key
+    assert figures["naive_respondent_questions"] == 6 * 5
+
+
+@pytest.mark.slow
+def test_finetune_benchmark(tmp_path):
+    figures = run("finetune.py", "--model", "tiny_random", "--steps", "2", "--pilot", "16", tmp_path=tmp_path)
+    assert figures["steps"] == 2 and figures["tokens_per_s"] > 0 and figures["frac_of_matmul_peak"] > 0
+
+
+def test_metrics_suite_benchmark(tmp_path):
+    figures = run("metrics_suite.py", "--n", "300", "--bootstrap", "5", "--reference-splits", "2", tmp_path=tmp_path)
+    assert figures["suite_total_s"] > 0 and figures["keys"] > 100
