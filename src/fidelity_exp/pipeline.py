@@ -125,7 +125,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
     opts = setup_metrics(cfg.metrics)
     evaluate_only = cfg.get("evaluate") is not None
     if evaluate_only:
-        evaluation, arm_names = setup_evaluate(cfg.evaluate, study), None
+        evaluation = setup_evaluate(cfg.evaluate, study)
         arm_names = list(evaluation.synthetic)
     else:
         split = setup_split(cfg.pilot, cfg.eval, study)

@@ -16,7 +16,6 @@ sequence, masked out, and positions continue from each twin's own token count.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -141,6 +140,3 @@ def uniforms_for(n_twins: int, n_questions: int, seed: int) -> np.ndarray:
     """The random stream every arm shares: one uniform per (twin, question)."""
     return np.random.default_rng([seed, 2]).random((n_twins, n_questions))
 
-
-def useful_flops(n_parameters: int, tokens: int) -> float:
-    return 2.0 * n_parameters * tokens if tokens else math.nan

@@ -20,7 +20,6 @@ def twin_rows(h: Encoded, s: Encoded) -> np.ndarray | None:
     "individual",
     KeyInfo("individual/*/accuracy", higher_is_better=True, bounds=(0, 1), identical=1.0),
     KeyInfo("individual/accuracy/mean", higher_is_better=True, bounds=(0, 1), identical=1.0),
-    needs_twins=True,
 )
 def individual(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     """Share of twins whose answer equals their human's, over twins where both answered.

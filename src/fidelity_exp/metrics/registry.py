@@ -38,16 +38,15 @@ class Family:
     name: str
     fn: Callable[..., FamilyResult]
     keys: tuple[KeyInfo, ...]
-    needs_twins: bool = False
 
 
 FAMILIES: dict[str, Family] = {}
 _SCORE_INFO = KeyInfo("fidelity_score", higher_is_better=False, bounds=(0, 1), identical=0.0)
 
 
-def register(name: str, *keys: KeyInfo, needs_twins: bool = False):
+def register(name: str, *keys: KeyInfo):
     def wrap(fn):
-        FAMILIES[name] = Family(name, fn, tuple(keys), needs_twins)
+        FAMILIES[name] = Family(name, fn, tuple(keys))
         return fn
 
     return wrap

@@ -10,7 +10,6 @@ run", so parallel jobs and tests never write into each other's runs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -146,9 +145,6 @@ class TrackedRun:
             path = Path(tmp) / Path(artifact_file).name
             path.write_text(text, encoding="utf-8")
             self.client.log_artifact(self.run_id, str(path), _parent(artifact_file))
-
-    def log_json(self, obj: Any, artifact_file: str) -> None:
-        self.log_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False), artifact_file)
 
     def log_frame(self, frame, artifact_file: str) -> None:
         self.log_text(frame.to_csv(index=False), artifact_file)
