@@ -8,9 +8,14 @@ in the SURVEY_SPEC.md format (one row per twin, `twin_of` = the human's id). The
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+import pandas as pd
 
 from fidelity_exp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fidelity_exp.study import Split, Study
 
 ARMS: dict[str, Callable] = {}
 
@@ -21,6 +26,16 @@ def register(name: str):
         return fn
 
     return wrap
+
+
+def twin_base(study: "Study", split: "Split") -> pd.DataFrame:
+    """The twins' given columns (persona, conditions) copied from their humans, plus `twin_of`:
+    what every arm starts from before its twins answer."""
+    out = study.frame.loc[split.evaluation, study.spec.given_columns].reset_index(drop=True)
+    for c in study.spec.condition_columns:  # the stored codes, not the canonical categorical
+        out[c] = out[c].astype(object)
+    out.insert(0, "twin_of", list(split.evaluation))
+    return out
 
 
 LLM_ARMS = ("base", "finetuned")  # run by arms.llm, which shares one loaded model between them

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from fidelity_exp.arms import register
+from fidelity_exp.arms import register, twin_base
 from fidelity_exp.study.data import Study
 from fidelity_exp.study.spec import StudySpec
 from fidelity_exp.study.split import Split
@@ -26,15 +26,6 @@ def as_number(values: pd.Series) -> pd.Series | None:
     """The values as floats when every stored value is a number, else None."""
     num = pd.to_numeric(values.astype(object), errors="coerce")
     return num.astype(float) if num.notna().sum() == values.notna().sum() and num.notna().any() else None
-
-
-def twin_base(study: Study, split: Split) -> pd.DataFrame:
-    """The twins' given columns (persona, conditions) copied from their humans, plus `twin_of`."""
-    out = study.frame.loc[split.evaluation, study.spec.given_columns].reset_index(drop=True)
-    for c in study.spec.condition_columns:  # the stored codes, not the canonical categorical
-        out[c] = out[c].astype(object)
-    out.insert(0, "twin_of", list(split.evaluation))
-    return out
 
 
 # --- pilot_resample -----------------------------------------------------------------------

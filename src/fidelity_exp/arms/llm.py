@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from fidelity_exp.arms import twin_base
 from fidelity_exp.llm.engine import SimulationResult, simulate, uniforms_for
 from fidelity_exp.llm.interview import Renderer, messages
 from fidelity_exp.llm.models import LoadedModel, load_model
@@ -41,10 +42,7 @@ def answers_of(study: Study, ids: pd.Index) -> list[list[Any]]:
 
 def synthetic_frame(study: Study, split: Split, result: SimulationResult) -> pd.DataFrame:
     spec = study.spec
-    out = study.frame.loc[split.evaluation, spec.given_columns].reset_index(drop=True)
-    for c in spec.condition_columns:
-        out[c] = out[c].astype(object)
-    out.insert(0, "twin_of", list(split.evaluation))
+    out = twin_base(study, split)
     for j, q in enumerate(spec.questions):
         out[q.column] = [a[j] for a in result.answers]
     for j, q in enumerate(spec.questions):

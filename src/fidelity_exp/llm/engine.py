@@ -16,6 +16,7 @@ sequence, masked out, and positions continue from each twin's own token count.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -119,10 +120,15 @@ def _interview_batch(model, renderer, twins, first_prompts, uniforms, temperatur
 
 def _cache_keyword(model: Any) -> str:
     """transformers 5 calls the KV cache argument `cache`; earlier releases `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_keyword_of(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword_of(model_class: type) -> str:
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def direct_probabilities(model: Any, renderer: Renderer, given: Mapping[str, Any], answers: Sequence[Any],
