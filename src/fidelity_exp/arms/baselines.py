@@ -22,10 +22,10 @@ from fidelity_exp.study.spec import StudySpec
 from fidelity_exp.study.split import Split
 
 
-def as_number(values: pd.Series) -> pd.Series | None:
-    """The values as floats when every stored value is a number, else None."""
-    num = pd.to_numeric(values.astype(object), errors="coerce")
-    return num.astype(float) if num.notna().sum() == values.notna().sum() and num.notna().any() else None
+def numeric(values: pd.Series) -> bool:
+    """Whether a column of a canonical frame holds numbers (`canonical_frame` has already made
+    every all-number persona column float)."""
+    return pd.api.types.is_numeric_dtype(values) and values.notna().any()
 
 
 # --- pilot_resample -----------------------------------------------------------------------
@@ -35,8 +35,8 @@ def _gower_columns(spec: StudySpec, pilot: pd.DataFrame, twins: pd.DataFrame, bi
     """Per given column: (pilot values, twin values, kind) scaled for a Gower distance."""
     for p in spec.persona:
         a, b = pilot[p.column], twins[p.column]
-        if p.type in ("numeric", "ordinal") and as_number(a) is not None:
-            a, b = as_number(a), pd.to_numeric(b.astype(object), errors="coerce").astype(float)
+        if p.type in ("numeric", "ordinal") and numeric(a):
+            a, b = a.astype(float), pd.to_numeric(b.astype(object), errors="coerce").astype(float)
             if p.type == "numeric":  # coarsen into pilot quantile bins so that cells can hold several humans
                 edges = np.unique(np.nanquantile(a, np.linspace(0, 1, bins + 1)[1:-1])) if a.notna().any() else []
                 a = pd.Series(np.where(a.notna(), np.searchsorted(edges, a, side="right"), np.nan), index=a.index)
@@ -106,8 +106,8 @@ class Features:
         self.levels: dict[str, list] = {}
         for p in spec.persona:
             col = pilot[p.column]
-            x = as_number(col) if p.type in ("numeric", "ordinal") else None
-            if x is not None:
+            if p.type in ("numeric", "ordinal") and numeric(col):
+                x = col.astype(float)
                 self.numeric[p.column] = (float(x.mean()), float(x.std(ddof=0)) or 1.0)
             else:
                 self.levels[p.column] = sorted(pd.unique(col.dropna().astype(str)))
