@@ -49,9 +49,13 @@ def setup_study(data_cfg: DictConfig, choice: str | None) -> Study:
     return load_study(spec, problems, origin=origin)
 
 
-def setup_split(pilot_cfg: DictConfig, eval_cfg: DictConfig, study: Study) -> Split:
-    return draw_split(study, method=pilot_cfg.method, n=pilot_cfg.n, seed=pilot_cfg.seed, by=pilot_cfg.get("by"),
-                      eval_n=eval_cfg.get("n"))
+def setup_split(cfg: DictConfig, study: Study) -> Split:
+    """Pilot, validation and evaluation humans; the run scores the set `score_on` names."""
+    pilot = cfg.pilot
+    split = draw_split(study, method=pilot.method, n=pilot.n, seed=pilot.seed, by=pilot.get("by"),
+                       eval_n=cfg.eval.get("n"), eval_seed=cfg.eval.get("seed"),
+                       validation_n=(cfg.get("validation") or {}).get("n") or 0)
+    return split.scored_on(str(cfg.get("score_on") or "evaluation"))
 
 
 def active_arms(cfg: DictConfig) -> list[str]:
@@ -128,12 +132,12 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
         evaluation = setup_evaluate(cfg.evaluate, study)
         arm_names = list(evaluation.synthetic)
     else:
-        split = setup_split(cfg.pilot, cfg.eval, study)
+        split = setup_split(cfg, study)
         arm_names = active_arms(cfg)
         evaluation = Evaluation(human=study.frame.loc[split.evaluation], synthetic={}, split=split)
-        log.info("study %s v%s: %d respondents; pilot %d (%s), evaluation %d; arms: %s", study.spec.name,
+        log.info("study %s v%s: %d respondents; pilot %d (%s), scored on %d %s humans; arms: %s", study.spec.name,
                  study.spec.version, len(study), len(split.pilot), cfg.pilot.method, len(split.evaluation),
-                 ", ".join(arm_names) or "none")
+                 cfg.get("score_on") or "evaluation", ", ".join(arm_names) or "none")
     output = Path(output_dir) if output_dir else resolve(cfg.paths.outputs) / "latest"
 
     if not cfg.tracking.enabled:
@@ -145,6 +149,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
         "study.name": study.spec.name, "study.version": study.spec.version, "study.spec_file": study.spec.origin,
         "hydra.overrides": json.dumps(list(overrides)), "arms": ",".join(arm_names) or "none",
         "mode": "evaluate" if evaluate_only else "experiment", **dict(cfg.tracking.get("tags") or {}),
+        "score_on": "evaluate.human" if evaluate_only else str(cfg.get("score_on") or "evaluation"),
     }
     with tracking.start_run(cfg, run_name=run_name, tags=tags) as tracked:
         log_setup(tracked, cfg, study, evaluation)
@@ -183,7 +188,9 @@ def log_setup(tracked: tracking.TrackedRun, cfg: DictConfig, study: Study, evalu
         params["split.n_pilot"] = str(len(evaluation.split.pilot))
         ids = evaluation.split.ids_frame()
         tracked.log_frame(ids[ids.set == "pilot"][["id"]], "split/pilot_ids.csv")
-        tracked.log_frame(ids[ids.set == "evaluation"][["id"]], "split/evaluation_ids.csv")
+        # With score_on=validation the scored humans are validation humans: the file says so.
+        scored = str(cfg.get("score_on") or "evaluation")
+        tracked.log_frame(ids[ids.set == "evaluation"][["id"]], f"split/{scored}_ids.csv")
     tracked.log_params(params)
 
 

@@ -73,3 +73,36 @@ def test_stratified_needs_a_known_subgroup(anes):
         draw_split(anes, method="stratified", n=10, seed=0)
     with pytest.raises(ConfigError, match=r"pilot.method='cluster'"):
         draw_split(anes, method="cluster", n=10, seed=0)
+
+
+def test_evaluation_humans_do_not_depend_on_the_pilot(anes):
+    """With eval.n set, every pilot size and seed is scored on the same evaluation humans."""
+    reference = draw_split(anes, n=25, seed=0, eval_n=200, eval_seed=7).evaluation
+    for n, seed in [(25, 1), (100, 0), (400, 2)]:
+        split = draw_split(anes, n=n, seed=seed, eval_n=200, eval_seed=7)
+        assert list(split.evaluation) == list(reference)
+        assert len(split.pilot) == n and not set(split.pilot) & set(reference)
+    assert list(draw_split(anes, n=25, seed=0, eval_n=200, eval_seed=8).evaluation) != list(reference)
+
+
+def test_validation_is_carved_from_the_pilot_side(anes):
+    split = draw_split(anes, n=100, seed=0, eval_n=200, validation_n=80)
+    sets = [set(split.pilot), set(split.validation), set(split.evaluation)]
+    assert [len(s) for s in sets] == [100, 80, 200]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    # the evaluation humans are the same with or without a validation set
+    assert list(draw_split(anes, n=100, seed=0, eval_n=200).evaluation) == list(split.evaluation)
+    scored = split.scored_on("validation")
+    assert list(scored.evaluation) == list(split.validation) and list(scored.pilot) == list(split.pilot)
+    assert not set(scored.evaluation) & set(split.evaluation)
+
+
+def test_validation_errors(anes):
+    with pytest.raises(ConfigError, match=r"score_on='validation'.*validation.n"):
+        draw_split(anes, n=100, seed=0).scored_on("validation")
+    with pytest.raises(ConfigError, match=r"score_on='humans'"):
+        draw_split(anes, n=100, seed=0).scored_on("humans")
+    with pytest.raises(ConfigError, match=r"pilot.n=700.*from 1 to 644.*200 are evaluation.*100 validation"):
+        draw_split(anes, n=700, seed=0, eval_n=200, validation_n=100)
+    with pytest.raises(ConfigError, match=r"validation.n=-1"):
+        draw_split(anes, n=10, seed=0, validation_n=-1)

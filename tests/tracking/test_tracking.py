@@ -106,11 +106,11 @@ def test_bad_input_creates_no_run(composer, tmp_path):
 def test_same_seed_same_split_different_seed_different_split(composer):
     cfg, choices = composer("+experiment=quickstart")
     study = pipeline.setup_study(cfg.data, choices["data"])
-    first = pipeline.setup_split(cfg.pilot, cfg.eval, study)
-    again = pipeline.setup_split(cfg.pilot, cfg.eval, study)
+    first = pipeline.setup_split(cfg, study)
+    again = pipeline.setup_split(cfg, study)
     assert list(first.pilot) == list(again.pilot)
     cfg2, _ = composer("+experiment=quickstart", "seed=1")
-    assert list(pipeline.setup_split(cfg2.pilot, cfg2.eval, study).pilot) != list(first.pilot)
+    assert list(pipeline.setup_split(cfg2, study).pilot) != list(first.pilot)
 
 
 def test_evaluate_with_a_broken_file_is_refused_before_any_run(composer, tmp_path):

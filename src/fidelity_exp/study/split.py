@@ -1,13 +1,18 @@
-"""The human pilot (fine-tuning data) and the evaluation humans (whose twins are scored).
+"""Who is who: the human pilot (fine-tuning data), the validation humans (for tuning, optional)
+and the evaluation humans (whose twins are scored and reported).
 
-The evaluation set is drawn from the respondents not in the pilot, so the two are disjoint by
-construction; `Split.__post_init__` asserts it anyway, because everything downstream (honest
-metrics, no leakage) rests on it.
+When `eval_n` is given, the evaluation humans are drawn *first*, from everyone, with their own
+seed: pilots of every size and seed are then scored on the same humans (the pilot-size sweep
+relies on it). The pilot is drawn from the rest, and the validation humans from what is left
+after the pilot ("the pilot side"): tuning on them never looks at an evaluation human. Without
+`eval_n`, the evaluation humans are everyone not in the pilot or the validation set. The three
+sets are disjoint by construction; `Split.__post_init__` asserts it anyway, because everything
+downstream (honest metrics, no leakage) rests on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -23,55 +28,87 @@ UNASSIGNED = "(none)"  # the stratum of respondents in no level of the stratifyi
 class Split:
     pilot: pd.Index       # respondent ids, in source order
     evaluation: pd.Index  # respondent ids, in source order
+    validation: pd.Index = field(default_factory=lambda: pd.Index([]))  # held out from the pilot side
 
     def __post_init__(self) -> None:
-        overlap = self.pilot.intersection(self.evaluation)
-        if len(overlap):
-            raise AssertionError(f"pilot and evaluation share {len(overlap)} respondents, e.g. {list(overlap[:3])}")
+        for (a, x), (b, y) in [(("pilot", self.pilot), ("evaluation", self.evaluation)),
+                               (("pilot", self.pilot), ("validation", self.validation)),
+                               (("validation", self.validation), ("evaluation", self.evaluation))]:
+            overlap = x.intersection(y)
+            if len(overlap):
+                raise AssertionError(f"{a} and {b} share {len(overlap)} respondents, e.g. {list(overlap[:3])}")
 
     def ids_frame(self) -> pd.DataFrame:
-        """Both sets in one frame (`id`, `set`) for logging."""
-        return pd.concat([
-            pd.DataFrame({"id": self.pilot, "set": "pilot"}),
-            pd.DataFrame({"id": self.evaluation, "set": "evaluation"}),
-        ], ignore_index=True)
+        """All sets in one frame (`id`, `set`) for logging."""
+        return pd.concat([pd.DataFrame({"id": ids, "set": name}) for name, ids in
+                          (("pilot", self.pilot), ("validation", self.validation), ("evaluation", self.evaluation))],
+                         ignore_index=True)
+
+    def scored_on(self, which: str) -> Split:
+        """The split whose `evaluation` is the set to simulate and score: `evaluation` or `validation`."""
+        if which == "evaluation":
+            return self
+        if which != "validation":
+            raise ConfigError("score_on", which, "expected evaluation or validation")
+        if not len(self.validation):
+            raise ConfigError("score_on", which, "needs validation humans: set validation.n to a positive number")
+        # The evaluation humans drop out entirely: nothing downstream can touch them.
+        return Split(pilot=self.pilot, evaluation=self.validation)
 
 
 def draw_split(study: Study, *, method: str = "random", n: int, seed: int = 0, by: str | None = None,
-               eval_n: int | None = None) -> Split:
-    """Draw `n` pilot respondents (`random`, or `stratified` by the spec subgroup `by`).
-
-    The evaluation set is every other respondent, or a seeded random `eval_n` of them.
-    The same arguments always give the same split.
+               eval_n: int | None = None, eval_seed: int | None = None, validation_n: int = 0) -> Split:
+    """Draw `eval_n` evaluation humans (seeded by `eval_seed`, default `seed`), then `n` pilot
+    respondents (`random`, or `stratified` by the spec subgroup `by`) and `validation_n`
+    validation humans from the rest (seeded by `seed`). The same arguments give the same split.
     """
     total = len(study)
     if method not in METHODS:
         raise ConfigError("pilot.method", method, f"expected one of {', '.join(METHODS)}")
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1 or n >= total:
-        raise ConfigError("pilot.n", n, f"expected an integer from 1 to {total - 1}: study {study.spec.name!r} has "
-                          f"{total} respondents and at least one must remain for evaluation")
-    if eval_n is not None and (not isinstance(eval_n, (int, np.integer)) or eval_n < 1):
+    if eval_n is not None and (not _is_int(eval_n) or eval_n < 1):
         raise ConfigError("eval.n", eval_n, "expected a positive integer, or null for all non-pilot respondents")
+    if not _is_int(validation_n) or validation_n < 0:
+        raise ConfigError("validation.n", validation_n, "expected 0 (no validation humans) or a positive integer")
+    if eval_n is not None and eval_n + validation_n + 1 > total:
+        raise ConfigError("eval.n", eval_n, f"study {study.spec.name!r} has {total} respondents: eval.n + "
+                          f"validation.n ({validation_n}) + a pilot of at least 1 must fit")
+    room = total - validation_n - (eval_n if eval_n is not None else 1)
+    if not _is_int(n) or n < 1 or n > room:
+        raise ConfigError("pilot.n", n, f"expected an integer from 1 to {room}: study {study.spec.name!r} has "
+                          f"{total} respondents, of which " + (f"{eval_n} are evaluation humans (eval.n)"
+                          if eval_n is not None else "at least one must remain for evaluation")
+                          + (f" and {validation_n} validation humans (validation.n)" if validation_n else ""))
+    everyone = np.arange(total)
+    evaluation = None
+    if eval_n is not None:
+        eval_rng = np.random.default_rng(seed if eval_seed is None else eval_seed)
+        evaluation = np.sort(eval_rng.choice(total, size=eval_n, replace=False))
+    candidates = np.setdiff1d(everyone, evaluation) if evaluation is not None else everyone
     rng = np.random.default_rng(seed)
     if method == "random":
-        chosen = rng.choice(total, size=n, replace=False)
+        chosen = rng.choice(candidates, size=n, replace=False)
     else:
-        chosen = _stratified(study, rng, n, by)
-    in_pilot = np.zeros(total, dtype=bool)
-    in_pilot[chosen] = True
-    rest = np.flatnonzero(~in_pilot)
-    if eval_n is not None and eval_n < len(rest):
-        rest = np.sort(rng.choice(rest, size=eval_n, replace=False))
-    return Split(pilot=study.ids[np.flatnonzero(in_pilot)], evaluation=study.ids[rest])
+        chosen = _stratified(study, rng, n, by, candidates, need_rest=evaluation is None)
+    rest = np.setdiff1d(candidates, chosen)
+    validation = np.sort(rng.choice(rest, size=validation_n, replace=False)) if validation_n else np.array([], int)
+    if evaluation is None:
+        evaluation = np.setdiff1d(rest, validation)
+    ids = study.ids
+    return Split(pilot=ids[np.sort(chosen)], evaluation=ids[evaluation], validation=ids[validation])
 
 
-def _stratified(study: Study, rng: np.random.Generator, n: int, by: str | None) -> np.ndarray:
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _stratified(study: Study, rng: np.random.Generator, n: int, by: str | None, candidates: np.ndarray,
+                need_rest: bool) -> np.ndarray:
     names = [sg.name for sg in study.spec.subgroups]
     if by not in names:
         raise ConfigError("pilot.by", by, f"a stratified pilot needs one of the spec's subgroups "
                           f"({', '.join(names) or 'the spec defines none'})")
     subgroup = next(sg for sg in study.spec.subgroups if sg.name == by)
-    levels = subgroup_levels(subgroup, study.frame).fillna(UNASSIGNED).to_numpy()
+    levels = subgroup_levels(subgroup, study.frame).fillna(UNASSIGNED).to_numpy()[candidates]
     strata = pd.unique(levels)
     sizes = np.array([(levels == s).sum() for s in strata])
     # Proportional allocation, rounded by largest remainder so the parts add up to n.
@@ -79,9 +116,9 @@ def _stratified(study: Study, rng: np.random.Generator, n: int, by: str | None) 
     alloc = np.floor(exact).astype(int)
     alloc[np.argsort(-(exact - alloc), kind="stable")[: n - alloc.sum()]] += 1
     for stratum, size, k in zip(strata, sizes, alloc):
-        if k == 0 or k >= size:
+        if k == 0 or k > size or (need_rest and k == size):
             why = "gets no pilot place" if k == 0 else "would have no respondent left for evaluation"
             raise ConfigError("pilot.n", n, f"stratum {stratum!r} of subgroup {by!r} has {size} of {sizes.sum()} "
                               f"respondents and {why}; choose another pilot.n, or pilot=random")
     parts = [rng.choice(np.flatnonzero(levels == s), size=k, replace=False) for s, k in zip(strata, alloc)]
-    return np.concatenate(parts)
+    return candidates[np.concatenate(parts)]
