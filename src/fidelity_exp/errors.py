@@ -29,16 +29,22 @@ class SpecError(UserError):
     """Every problem found in one study spec, reported together."""
 
     def __init__(self, origin: str, problems: list[Problem], what: str = "the study spec"):
-        self.origin = origin
+        self.origin, self.what = origin, what
         self.problems = list(problems)
         n = len(self.problems)
         head = f"{origin}: {n} problem{'s' if n != 1 else ''} in {what}"
         super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+    def __reduce__(self):  # survives pickling (a sweep trial's error travels back from its worker)
+        return type(self), (self.origin, self.problems, self.what)
 
 
 class ConfigError(UserError):
     """A config value that cannot work (`pilot.n` too large, an unknown method, ...)."""
 
     def __init__(self, key: str, value: object, expected: str, origin: str = "config"):
-        self.key, self.value, self.expected = key, value, expected
+        self.key, self.value, self.expected, self.origin = key, value, expected, origin
         super().__init__(f"{origin}: {key}={value!r}: {expected}")
+
+    def __reduce__(self):
+        return type(self), (self.key, self.value, self.expected, self.origin)

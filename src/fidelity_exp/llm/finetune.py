@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -112,7 +113,11 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
 
             trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
-        trainer.train()
+        with warnings.catch_warnings():
+            # transformers 5.24's own Trainer calls its deprecated is_gradient_checkpointing on every
+            # train(); nothing for a user to act on.
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            trainer.train()
         result.seconds = time.perf_counter() - start
     result.tokens = collator.tokens
     model.eval()

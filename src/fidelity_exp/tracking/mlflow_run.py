@@ -10,10 +10,12 @@ run", so parallel jobs and tests never write into each other's runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -106,12 +108,26 @@ def git_state() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
+def _timed(method):
+    """Add the time a write takes to `TrackedRun.seconds` (the tracking overhead of a run)."""
+    @functools.wraps(method)
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+    return timed
+
+
 class TrackedRun:
-    """A started MLflow run and the few ways we write to it."""
+    """A started MLflow run and the few ways we write to it; `seconds` is the time spent writing."""
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
+        self.seconds = 0.0
 
+    @_timed
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
@@ -119,6 +135,7 @@ class TrackedRun:
         for i in range(0, len(items), BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + BATCH])
 
+    @_timed
     def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
         """Defined values only: an undefined metric (None/NaN) is left out, never logged as 0."""
         import math
@@ -132,6 +149,7 @@ class TrackedRun:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
+    @_timed
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
@@ -139,6 +157,7 @@ class TrackedRun:
         for i in range(0, len(items), BATCH):
             self.client.log_batch(self.run_id, tags=items[i : i + BATCH])
 
+    @_timed
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write `text` to a private temporary file first, so a crash never leaves half an artifact."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -149,9 +168,11 @@ class TrackedRun:
     def log_frame(self, frame, artifact_file: str) -> None:
         self.log_text(frame.to_csv(index=False), artifact_file)
 
+    @_timed
     def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)
 
+    @_timed
     def log_dir(self, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(path), artifact_dir)
 
@@ -163,7 +184,11 @@ def _parent(artifact_file: str) -> str | None:
 
 @contextmanager
 def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
-    """Start a run in the configured experiment; mark it FINISHED, or FAILED with the reason as a tag."""
+    """Start a run in the configured experiment; mark it FINISHED, or FAILED with the reason as a tag.
+
+    With `tracking.run_id` set (a sweep trial: the sweeper created the run as a child of the
+    sweep's parent run), that run is used instead of a new one.
+    """
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
@@ -173,9 +198,16 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
     experiment_id = get_or_create_experiment(client, str(cfg.tracking.experiment), cfg.tracking.get("artifact_root"),
                                              uri)
     all_tags = {"mlflow.runName": run_name, **git_state(), **{k: v for k, v in tags.items() if v is not None}}
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()})
-    tracked = TrackedRun(client, run.info.run_id)
+    all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
+    given = cfg.tracking.get("run_id")
+    if given:
+        run = client.get_run(str(given))
+        client.update_run(run.info.run_id, status="RUNNING", name=run.info.run_name or run_name)
+        tracked = TrackedRun(client, run.info.run_id)
+        tracked.set_tags({k: v for k, v in all_tags.items() if k != "mlflow.runName" or not run.info.run_name})
+    else:
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        tracked = TrackedRun(client, run.info.run_id)
     try:
         yield tracked
     except BaseException as e:
