@@ -12,11 +12,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from fidelity_exp.sweep.configs import register_sweeps
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+register_sweeps()
 
 
 class Composer:

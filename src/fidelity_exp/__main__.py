@@ -11,6 +11,9 @@ import hydra
 from omegaconf import DictConfig
 
 from fidelity_exp.errors import UserError
+from fidelity_exp.sweep.configs import register_sweeps
+
+register_sweeps()  # the `sweep` group: sweeps/*.yaml (python -m fidelity_exp -m ... +sweep=lora)
 
 # A source checkout keeps the configs at the repository root; a wheel carries them inside the package.
 CONFIG_PATH = "conf" if (Path(__file__).parent / "conf").is_dir() else "../../conf"
@@ -22,18 +25,20 @@ def _debug() -> bool:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def app(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> dict[str, float | None]:
+    """One run; returns its metrics (a sweep reads its objective from them)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from fidelity_exp import pipeline
 
     hc = HydraConfig.get()
     try:
-        pipeline.run(cfg, choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task),
-                     output_dir=hc.runtime.output_dir)
-        return None
+        return pipeline.run(cfg, choices=dict(hc.runtime.choices), overrides=list(hc.overrides.task),
+                            output_dir=hc.runtime.output_dir)
     except UserError as e:
-        if _debug():
+        # In a sweep the error goes back to the sweeper, which records the trial as failed.
+        if _debug() or hc.mode == RunMode.MULTIRUN:
             raise
         # One message, no traceback: the user can act on it. Exit 2 like other CLI usage errors.
         print(f"fidelity_exp: error: {e}", file=sys.stderr)

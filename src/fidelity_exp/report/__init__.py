@@ -183,17 +183,21 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
     md = [f"# {title}", "", intro, "", _markdown_table(tab), ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]
     (folder / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    body = f"<p>{html.escape(intro)}</p>{tab.to_html(index=False, escape=True)}"
+    page = html_page(title, body, plots)
+    (folder / "report.html").write_text(page, encoding="utf-8")
+    return [folder / "report.md", folder / "report.html", *plots]
+
+
+def html_page(title: str, body: str, plots: list[Path]) -> str:
+    """A self-contained HTML page: `body`, then the PNG plots embedded (opens from MLflow's UI)."""
     images = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         f"<figcaption>{p.stem}</figcaption></figure>" for p in plots)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
-            "img{max-width:100%}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>{tab.to_html(index=False, escape=True)}"
-            f"{images}</body></html>")
-    (folder / "report.html").write_text(page, encoding="utf-8")
-    return [folder / "report.md", folder / "report.html", *plots]
+            f"img{{max-width:100%}}</style></head><body><h1>{html.escape(title)}</h1>{body}{images}</body></html>")
 
 
 def _markdown_table(tab: pd.DataFrame) -> str:

@@ -1,0 +1,284 @@
+"""A sweep: an Optuna study driven through Optuna's ask-and-tell API and a Hydra launcher.
+
+    python -m fidelity_exp -m +experiment=quickstart +sweep=lora
+
+1. The search space comes from `hydra.sweeper.params` and sweep syntax on the command line;
+   the other overrides go to every trial. Every trial config a grid can produce (or, for a
+   search, the fixed config) is checked before anything is written: bad input costs nothing.
+2. The study lives in `hydra.sweeper.storage` (sqlite at `<paths.mlruns>/optuna.db` by default,
+   any SQLAlchemy URL) under a name derived from the command, so the same command resumes it:
+   finished trials are not run again, and trials a killed sweep left RUNNING (on this host, by a
+   process that no longer exists) are marked failed-interrupted and queued again.
+3. Trials are asked in batches of the launcher's width, launched, and told: the objective is
+   read from the metrics each run returns; a trial that raises, or whose objective is
+   undefined, is told FAIL and the sweep goes on.
+4. MLflow (runs.py): a parent run per study, a child per trial; the sweep report (report.py)
+   goes to the parent at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.trial import TrialState
+
+from fidelity_exp import pipeline
+from fidelity_exp.errors import ConfigError
+from fidelity_exp.metrics import key_info
+from fidelity_exp.paths import resolve
+from fidelity_exp.sweep.runs import SweepRuns, masked
+from fidelity_exp.sweep.space import SearchSpace, parse
+
+log = logging.getLogger("fidelity_exp.sweep")
+SAMPLERS = ("tpe", "random", "grid")
+INTERRUPTED = "interrupted"
+
+
+def default_storage(cfg: DictConfig) -> str:
+    path = resolve(cfg.paths.mlruns) / "optuna.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True
+
+
+class OptunaSweep:
+    def __init__(self, settings: Mapping[str, Any], config: DictConfig, hydra_context, launcher):
+        self.s = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(dict(settings)), resolve=True))
+        self.config, self.hydra_context, self.launcher = config, hydra_context, launcher
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        if self.s.sampler not in SAMPLERS:
+            raise ConfigError("hydra.sweeper.sampler", self.s.sampler, f"expected one of {', '.join(SAMPLERS)}")
+        n = self.s.n_trials
+        if self.s.sampler != "grid" and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError("hydra.sweeper.n_trials", n, "expected a positive integer")
+        self.batch_size = self._batch_size()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _batch_size(self) -> int:
+        size = self.s.get("batch_size")
+        if size is None:
+            launcher = self.config.hydra.launcher
+            size = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
+            size = os.cpu_count() or 1 if size == -1 else size
+        if not isinstance(size, int) or size < 1:
+            raise ConfigError("hydra.sweeper.batch_size", size, "expected a positive integer or null")
+        return int(size)
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def check(self, space: SearchSpace) -> tuple[DictConfig, str]:
+        """Check the configs trials will run (all of a grid's) and the objective; returns the
+        fixed config and the study direction."""
+        base = self.compose(space.fixed)
+        study, arms = pipeline.check(base, dict(base.hydra.runtime.choices))
+        points = space.grid() if self.s.sampler == "grid" else []
+        for point in points:
+            cfg = self.compose(space.overrides(point))
+            same_data = OmegaConf.to_yaml(cfg.data) == OmegaConf.to_yaml(base.data)
+            pipeline.check(cfg, dict(cfg.hydra.runtime.choices), study if same_data else None)
+        objective = str(self.s.objective)
+        arm = objective.split("/", 1)[0]
+        info = key_info(objective)
+        if info is None or arm not in arms:
+            raise ConfigError("hydra.sweeper.objective", objective,
+                              f"expected <arm>/<metric key> with an arm this sweep runs ({', '.join(arms)}), "
+                              "e.g. finetuned/fidelity_score (keys: METRICS.md)")
+        direction = self.s.get("direction")
+        if direction is None:
+            if info.higher_is_better is None:
+                raise ConfigError("hydra.sweeper.direction", None, f"{objective} has no better direction in the "
+                                  "metric registry: set minimize or maximize")
+            direction = "maximize" if info.higher_is_better else "minimize"
+        if direction not in ("minimize", "maximize"):
+            raise ConfigError("hydra.sweeper.direction", direction, "expected minimize, maximize or null")
+        return base, direction
+
+    def study_name(self, space: SearchSpace, base: DictConfig) -> str:
+        if self.s.get("study_name"):
+            return str(self.s.study_name)
+        sweep = dict(base.hydra.runtime.choices).get("sweep") or "sweep"
+        digest = hashlib.sha1((space.signature() + str(self.s.objective)).encode()).hexdigest()[:8]
+        return f"{sweep}-{base.data.name}-{digest}"
+
+    def sampler(self, n_existing: int):
+        seed = None if self.s.seed is None else int(self.s.seed) + n_existing
+        kwargs = dict(self.s.get("sampler_kwargs") or {})
+        if self.s.sampler == "tpe":
+            kwargs.setdefault("constant_liar", self.batch_size > 1)
+            return optuna.samplers.TPESampler(seed=seed, **kwargs)
+        return optuna.samplers.RandomSampler(seed=seed, **kwargs)  # grid: only enqueued points run
+
+    # -- the sweep --------------------------------------------------------------------------
+    def run(self, arguments: list[str]) -> list[dict]:
+        space = parse(OmegaConf.to_container(self.s.params or {}), arguments)
+        if not space.distributions:
+            raise ConfigError("hydra.sweeper.params", {}, "expected at least one swept param, e.g. "
+                              "finetune.lora.rank: choice(4,8,16)")
+        base, direction = self.check(space)
+        name = self.study_name(space, base)
+        url = str(self.s.storage or default_storage(base))
+        storage = optuna.storages.RDBStorage(url)
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+        if study.direction.name.lower() != direction:
+            raise ConfigError("hydra.sweeper.direction", direction, f"study {name!r} in {masked(url)} already "
+                              f"optimises in direction {study.direction.name.lower()}")
+        study.sampler = self.sampler(len(study.trials))
+        log.info("study %s in %s (%s, objective %s, %s): %d trials so far", name, masked(url), self.s.sampler,
+                 self.s.objective, direction, len(study.trials))
+        self.study, self.storage, self.space = study, storage, space
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        task_cfg = self._task_config(base)
+        self.runs = SweepRuns(task_cfg, name) if task_cfg.tracking.enabled else None
+        if self.runs:
+            self.runs.open_parent(study, params=self._identity(space, direction, url, name), tags={
+                "sweep.n_trials": self.s.n_trials, "sweep.batch_size": self.batch_size,
+                "sweep.launcher": self.config.hydra.launcher._target_.rsplit(".", 1)[-1]},
+                config_yaml=OmegaConf.to_yaml(task_cfg, resolve=True))
+        self.recover()
+        if self.s.sampler == "grid":
+            for point in space.grid():
+                study.enqueue_trial(point, skip_if_exists=True)
+
+        results: list[dict] = []
+        job_idx = 0
+        try:
+            while batch := self.ask():
+                results += self.launch(batch, job_idx)
+                job_idx += len(batch)
+                if self.runs and self.s.sampler != "grid":
+                    self.runs.record_best(study, list(space.distributions))
+        except BaseException as e:
+            if self.runs:  # the parent is reopened when the same command runs again
+                self.runs.finish_parent("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+                                        reason=f"{type(e).__name__}: {e}")
+            raise
+        self.finish(sweep_dir)
+        return results
+
+    def _task_config(self, base: DictConfig) -> DictConfig:
+        cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=False))
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        return cfg
+
+    def _identity(self, space: SearchSpace, direction: str, url: str, name: str) -> dict[str, str]:
+        params = {"sweep.study_name": name, "sweep.objective": str(self.s.objective), "sweep.direction": direction,
+                  "sweep.sampler": self.s.sampler, "sweep.storage": masked(url), "sweep.fixed": " ".join(space.fixed)}
+        params.update({f"sweep.space.{k}": v for k, v in __import__("json").loads(space.signature())["space"].items()})
+        return params
+
+    def recover(self) -> None:
+        """Trials a killed sweep left RUNNING on this host: mark them interrupted, queue them again."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("sweeper_host") == self.host and not _alive(t.user_attrs.get("sweeper_pid")):
+                log.warning("trial %d was interrupted (its sweep process is gone): running it again", t.number)
+                self.interrupt(t.number, t.params, t.user_attrs.get("mlflow_run_id"),
+                               "the sweep process ended before this trial finished")
+
+    def interrupt(self, number: int, params: dict, run_id: str | None, reason: str) -> None:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(self.study.study_name), number)
+        self.storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
+        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        self.study.enqueue_trial(params, user_attrs={"rerun_of": number})
+        if self.runs:
+            self.runs.settle_child(run_id, f"interrupted: {reason}", status="KILLED")
+
+    def ask(self) -> list:
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if self.s.sampler == "grid":
+            k = min(self.batch_size, waiting)
+        else:
+            finished = sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL
+                                                               and not t.user_attrs.get(INTERRUPTED)) for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            k = min(self.batch_size, self.s.n_trials - finished - running)
+        batch = []
+        for _ in range(max(k, 0)):
+            trial = self.study.ask(self.space.distributions)
+            trial.set_user_attr("sweeper_host", self.host)
+            trial.set_user_attr("sweeper_pid", self.pid)
+            if self.runs:
+                trial.set_user_attr("mlflow_run_id", self.runs.create_child(trial.number, trial.params))
+            batch.append(trial)
+        return batch
+
+    def launch(self, batch: list, job_idx: int) -> list[dict]:
+        overrides = []
+        for trial in batch:
+            extra = [f"tracking.run_id={trial.user_attrs['mlflow_run_id']}"] if self.runs else []
+            overrides.append(self.space.overrides(trial.params) + extra)
+        log.info("launching trials %s", ", ".join(str(t.number) for t in batch))
+        try:
+            returns: list = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
+        except KeyboardInterrupt:
+            for trial in batch:
+                self.interrupt(trial.number, trial.params, trial.user_attrs.get("mlflow_run_id"),
+                               "the sweep was stopped (Ctrl-C)")
+            raise
+        except Exception as e:  # the launcher itself failed (a worker died, a cluster refused the job)
+            returns = [e] * len(batch)
+        results = []
+        for trial, ret in zip(batch, returns):
+            value, error = self.outcome(ret)
+            if error is None:
+                self.study.tell(trial, value)
+                log.info("trial %d: %s = %.6g", trial.number, self.s.objective, value)
+            else:
+                trial.set_user_attr("error", error[:1000])
+                self.study.tell(trial, state=TrialState.FAIL)
+                log.warning("trial %d failed: %s", trial.number, error)
+            if self.runs:
+                self.runs.settle_child(trial.user_attrs.get("mlflow_run_id"), error)
+            results.append({"trial": trial.number, "params": trial.params, "value": value, "error": error})
+        return results
+
+    def outcome(self, ret: Any) -> tuple[float | None, str | None]:
+        if isinstance(ret, BaseException):
+            return None, f"launcher: {type(ret).__name__}: {ret}"
+        try:
+            metrics = ret.return_value
+        except Exception as e:  # the job raised: Hydra re-raises it here
+            return None, f"{type(e).__name__}: {e}"
+        value = metrics.get(str(self.s.objective)) if isinstance(metrics, dict) else None
+        if value is None or not math.isfinite(float(value)):
+            return None, f"objective {self.s.objective} is undefined in this trial"
+        return float(value), None
+
+    def finish(self, sweep_dir: Path) -> None:
+        from fidelity_exp.sweep.report import write_sweep_report
+
+        trials = self.runs.trial_runs() if self.runs else None
+        folder = sweep_dir / "sweep_report"
+        started = time.perf_counter()
+        write_sweep_report(folder, self.study, trials, objective=str(self.s.objective),
+                           grid=self.s.sampler == "grid")
+        log.info("sweep report: %s (%.1f s)", folder, time.perf_counter() - started)
+        if self.runs:
+            from fidelity_exp.tracking import TrackedRun
+
+            TrackedRun(self.runs.client, self.runs.parent_id).log_dir(folder, "sweep_report")
+            self.runs.finish_parent("FINISHED")
