@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fidelity_exp import arms as arm_registry
 from fidelity_exp import tracking
 from fidelity_exp.errors import ConfigError
+from fidelity_exp.inference.regressions import PREDICTIONS, TwinSets, rectified_regressions
 from fidelity_exp.metrics import Options, evaluate_arm, human_reference, prefixed
 from fidelity_exp.paths import resolve
 from fidelity_exp.report import write_report
@@ -56,6 +57,8 @@ def setup_split(cfg: DictConfig, study: Study) -> Split:
     split = draw_split(study, method=pilot.method, n=pilot.n, seed=pilot.seed, by=pilot.get("by"),
                        eval_n=cfg.eval.get("n"), eval_seed=cfg.eval.get("seed"),
                        validation_n=(cfg.get("validation") or {}).get("n") or 0)
+    split = split.with_folds(finetune_fraction=pilot.get("finetune_fraction", 1.0),
+                             crossfit_folds=pilot.get("crossfit_folds", 1), seed=pilot.seed)
     return split.scored_on(str(cfg.get("score_on") or "evaluation"))
 
 
@@ -66,6 +69,14 @@ def active_arms(cfg: DictConfig) -> list[str]:
     names = arm_registry.check_arms(cfg.arms)
     if cfg.finetune.method not in FINETUNE_METHODS:
         raise ConfigError("finetune.method", cfg.finetune.method, f"expected one of {', '.join(FINETUNE_METHODS)}")
+    rectified = cfg.pilot.get("finetune_fraction", 1.0) != 1 or cfg.pilot.get("crossfit_folds", 1) != 1
+    if rectified and (cfg.finetune.method != "lora" or "finetuned" not in names):
+        raise ConfigError("pilot.finetune_fraction" if cfg.pilot.get("finetune_fraction", 1.0) != 1
+                          else "pilot.crossfit_folds", cfg.pilot.get("finetune_fraction"),
+                          "rectified estimates need the finetuned arm (in `arms`) with finetune=lora")
+    predictions = (cfg.get("ppi") or {}).get("predictions", "expected")
+    if predictions not in PREDICTIONS:
+        raise ConfigError("ppi.predictions", predictions, f"expected one of {', '.join(PREDICTIONS)}")
     if cfg.finetune.method == "none" and "finetuned" in names:
         log.info("finetune=none: the finetuned arm is not run")
         names.remove("finetuned")
@@ -93,21 +104,24 @@ def setup_evaluate(evaluate_cfg: DictConfig, study: Study) -> Evaluation:
 
 
 def simulate_arms(names: list[str], study: Study, split: Split, cfg: DictConfig,
-                  tracked: tracking.TrackedRun | None) -> dict[str, pd.DataFrame]:
-    """Each arm's synthetic twins of the evaluation humans, checked like a user's file."""
+                  tracked: tracking.TrackedRun | None) -> tuple[dict[str, pd.DataFrame], TwinSets | None]:
+    """Each arm's synthetic twins of the evaluation humans, checked like a user's file; and, when
+    the pilot has rectification folds, the twin sets the rectified estimates need."""
     from fidelity_exp.arms.llm import run_llm_arms
 
     raw: dict[str, pd.DataFrame] = {}
+    twin_sets = None
     llm = [n for n in names if n in arm_registry.LLM_ARMS]
     if llm:
-        raw.update(run_llm_arms(llm, study, split, cfg, tracked, tracking.tracking_uri(cfg)))
+        frames, twin_sets = run_llm_arms(llm, study, split, cfg, tracked, tracking.tracking_uri(cfg))
+        raw.update(frames)
     for name in names:
         if name not in llm:
             log.info("arm %s: simulating %d twins", name, len(split.evaluation))
             options = (cfg.get("baselines") or {}).get(name) or {}
             raw[name] = arm_registry.ARMS[name](study, split, options, int(cfg.simulate.seed))
     return {name: check_synthetic(study.spec, raw[name], name=f"arm {name}", human_ids=split.evaluation)
-            for name in names}
+            for name in names}, twin_sets
 
 
 def score(evaluation: Evaluation, study: Study, opts: Options) -> tuple[dict[str, float | None], dict[str, str]]:
@@ -175,9 +189,18 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
 
 
 def _compute(cfg, study, evaluation, opts, arm_names, output: Path, tracked) -> dict[str, float | None]:
+    twin_sets = None
     if evaluation.split is not None:
-        evaluation.synthetic = simulate_arms(arm_names, study, evaluation.split, cfg, tracked)
+        evaluation.synthetic, twin_sets = simulate_arms(arm_names, study, evaluation.split, cfg, tracked)
     metrics, notes = score(evaluation, study, opts)
+    if twin_sets is not None:
+        split = evaluation.split
+        rectify = split.pilot[split.pilot.isin(pd.Index(twin_sets.labelled.twin_of))]
+        ppi_metrics, ppi_notes = rectified_regressions(
+            study.spec, study.frame, study.frame.loc[split.pilot], study.frame.loc[rectify], twin_sets,
+            alpha=opts.alpha, predictions=str((cfg.get("ppi") or {}).get("predictions", "expected")))
+        metrics.update(ppi_metrics)
+        notes.update(ppi_notes)
     write_json_atomic(output / "metrics.json", metrics)
     log.info("metrics: %s", ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                                        if k.endswith("fidelity_score") and v is not None))
@@ -205,7 +228,8 @@ def log_setup(tracked: tracking.TrackedRun, cfg: DictConfig, study: Study, evalu
     if evaluation.split is not None:
         params["split.n_pilot"] = str(len(evaluation.split.pilot))
         ids = evaluation.split.ids_frame()
-        tracked.log_frame(ids[ids.set == "pilot"][["id"]], "split/pilot_ids.csv")
+        tracked.log_frame(ids[ids.set == "pilot"][["id", "fold"] if evaluation.split.folds else ["id"]],
+                          "split/pilot_ids.csv")
         # With score_on=validation the scored humans are validation humans: the file says so.
         scored = str(cfg.get("score_on") or "evaluation")
         tracked.log_frame(ids[ids.set == "evaluation"][["id"]], f"split/{scored}_ids.csv")

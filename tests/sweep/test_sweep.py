@@ -187,3 +187,26 @@ def test_slurm_launcher_config_composes(tmp_path):
     assert shown.returncode == 0, shown.stderr
     launcher = yaml.safe_load(shown.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["gpus_per_node"] == 1
+
+
+def test_budget_sweep_reports_width_by_share_and_coverage(tmp_path):
+    done = cli("-m", "+experiment=ppi_coverage", "+sweep=ppi_budget", "model=tiny_random", "finetune.max_steps=2",
+               "eval.n=100", "metrics.bootstrap=10", "pilot.finetune_fraction=choice(0.4,0.6)", "pilot.n=choice(80)",
+               "seed=range(0,2)", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = _study(tmp_path)
+    assert _states(study) == {"COMPLETE": 4} and study.direction.name == "MINIMIZE"
+    client, parents, children = _runs(tmp_path, "disclosure")
+    assert len(children) == 4
+    for child in children:   # the objective is the rectified width, logged beside the other estimators
+        trial = study.trials[int(child.data.tags["sweep.trial"])]
+        assert child.data.metrics["ppi/regression/disclosure/width/mean"] == pytest.approx(trial.value)
+        assert "pilot_only/regression/disclosure/width/mean" in child.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep_report")}
+    assert "sweep_report/coverage.csv" in artifacts
+    plots = {a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep_report/plots")}
+    assert "sweep_report/plots/budget.png" in plots
+    coverage = pd.read_csv(client.download_artifacts(parents[0].info.run_id, "sweep_report/coverage.csv",
+                                                     str(tmp_path)))
+    assert set(coverage["param:pilot.finetune_fraction"]) == {0.4, 0.6}
+    assert set(coverage.estimator) == {"ppi", "pilot_only", "synthetic_only"} and coverage.trials.max() == 2

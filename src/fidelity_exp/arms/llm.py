@@ -6,6 +6,11 @@ same random stream.
     base:      simulate with the pretrained weights
     finetuned: fine-tune LoRA on the pilot interviews (loss per step, adapter logged and
                registered) or load `finetune.uri` -> simulate
+
+With rectification folds (`Split.folds`), the finetuned arm fine-tunes one model per fold on
+the pilot without that fold, and each model answers as twins of its fold's humans (labelled:
+their real answers are known) and of the evaluation personas (unlabelled). The first model's
+evaluation twins are the arm's twins for the fidelity metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from fidelity_exp.arms import twin_base
+from fidelity_exp.errors import ConfigError
+from fidelity_exp.inference.regressions import TwinSets
 from fidelity_exp.llm.engine import SimulationResult, simulate, uniforms_for
 from fidelity_exp.llm.interview import Renderer, messages
 from fidelity_exp.llm.models import LoadedModel, load_model
@@ -58,7 +65,7 @@ def _progress(total: int, desc: str):
 
 
 def run_llm_arms(names: list[str], study: Study, split: Split, cfg: DictConfig, tracked: Any,
-                 tracking_uri: str | None) -> dict[str, pd.DataFrame]:
+                 tracking_uri: str | None) -> tuple[dict[str, pd.DataFrame], TwinSets | None]:
     loaded = load_model(cfg.model)
     renderer = Renderer(study.spec, loaded.tokenizer, show_persona=bool(cfg.simulate.show_persona))
     pilot_given = records(study.frame.loc[split.pilot], study.spec.given_columns)
@@ -74,25 +81,45 @@ def run_llm_arms(names: list[str], study: Study, split: Split, cfg: DictConfig, 
     uniforms = uniforms_for(len(twins), len(study.spec.questions), int(cfg.simulate.seed))
     out: dict[str, pd.DataFrame] = {}
 
-    def interview(arm: str, model: Any) -> None:
-        with _progress(len(twins), f"simulating {arm}") as bar:
-            result = simulate(model, renderer, twins, uniforms, temperature=float(cfg.simulate.temperature),
+    def interview(arm: str, model: Any, who: Split, given=twins, stream=uniforms) -> pd.DataFrame:
+        with _progress(len(given), f"simulating {arm}") as bar:
+            result = simulate(model, renderer, given, stream, temperature=float(cfg.simulate.temperature),
                               batch_size=int(cfg.simulate.batch_size), progress=bar.update)
-        rq = len(twins) * len(study.spec.questions) / result.seconds
-        log.info("arm %s: %d twins x %d questions in %.1f s: %.2f respondent-questions/s, %.0f tokens/s", arm,
-                 len(twins), len(study.spec.questions), result.seconds, rq, result.tokens / result.seconds)
-        if tracked is not None:
+        rq = len(given) * len(study.spec.questions) / result.seconds
+        log.info("%s: %d twins x %d questions in %.1f s: %.2f respondent-questions/s, %.0f tokens/s", arm,
+                 len(given), len(study.spec.questions), result.seconds, rq, result.tokens / result.seconds)
+        if tracked is not None and "/" not in arm:
             tracked.log_metrics({f"perf/{arm}/respondent_questions_per_s": rq,
                                  f"perf/{arm}/simulate_tokens_per_s": result.tokens / result.seconds,
                                  f"perf/{arm}/simulate_seconds": result.seconds})
-        out[arm] = synthetic_frame(study, split, result)
+        return synthetic_frame(study, who, result)
 
     if "base" in names:
-        interview("base", loaded.model)
-    if "finetuned" in names:
-        interview("finetuned", _finetuned_model(loaded, renderer, pilot_given, pilot_answers, study, cfg, tracked,
-                                                tracking_uri))
-    return out
+        out["base"] = interview("arm base", loaded.model, split)
+    if "finetuned" not in names:
+        return out, None
+    if not split.folds:
+        model = _finetuned_model(loaded, renderer, pilot_given, pilot_answers, study, cfg, tracked, tracking_uri)
+        out["finetuned"] = interview("arm finetuned", model, split)
+        return out, None
+    if cfg.finetune.method != "lora":
+        raise ConfigError("finetune.method", cfg.finetune.method, "rectified estimates (pilot.finetune_fraction < 1 "
+                          "or pilot.crossfit_folds >= 2) fine-tune on part of the pilot: expected lora")
+    labelled, unlabelled = [], []
+    for k, fold in enumerate(split.folds):
+        train = split.finetune_ids(k)
+        log.info("rectification fold %d/%d: fine-tuning on %d pilot humans, rectifying with %d", k + 1,
+                 len(split.folds), len(train), len(fold))
+        model = _finetuned_model(loaded, renderer, records(study.frame.loc[train], study.spec.given_columns),
+                                 answers_of(study, train), study, cfg, tracked if k == 0 else None, tracking_uri)
+        unlabelled.append(interview("arm finetuned" if k == 0 else f"fold {k}/evaluation personas", model, split))
+        fold_split = Split(pilot=train, evaluation=fold)
+        fold_given = records(study.frame.loc[fold], study.spec.given_columns)
+        fold_stream = uniforms_for(len(fold_given), len(study.spec.questions), int(cfg.simulate.seed) + 7919 * (k + 1))
+        labelled.append(interview(f"fold {k}/rectification humans", model, fold_split, fold_given, fold_stream))
+        loaded.model = model.unload()   # the bare base model again, for the next fold
+    out["finetuned"] = unlabelled[0]
+    return out, TwinSets(labelled=pd.concat(labelled, ignore_index=True), unlabelled=unlabelled)
 
 
 def _finetuned_model(loaded: LoadedModel, renderer: Renderer, pilot_given, pilot_answers, study: Study,

@@ -8,6 +8,7 @@ from it on a cluster); the loss of every step goes to MLflow through a callback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -71,6 +72,15 @@ def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers
     return rows
 
 
+@contextlib.contextmanager
+def _quiet_trainer():
+    """transformers 5.24's own Trainer (and peft 0.21's get_peft_model) read the deprecated
+    is_gradient_checkpointing; nothing for a user to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.* is deprecated", FutureWarning)
+        yield
+
+
 def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[str, Any]],
              answers: Sequence[Sequence[Any]], cfg: Any, *, on_step: Callable[[int, float], None] | None = None,
              progress: bool = True) -> FinetuneResult:
@@ -84,7 +94,8 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
     if not rows:
         raise ConfigError("pilot", len(given), "the pilot has no answered question to fine-tune on")
     torch.manual_seed(int(cfg.seed))                   # LoRA's A matrices start random
-    model = get_peft_model(loaded.model, lora_config(cfg.lora))
+    with _quiet_trainer():   # peft 0.21 asks the same deprecated property
+        model = get_peft_model(loaded.model, lora_config(cfg.lora))
     collator = _Collator(renderer.tokenizer.pad_token_id)
     result = FinetuneResult(model=model, examples=len(rows))
 
@@ -106,17 +117,15 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
             **_sampling(bool(cfg.get("group_by_length", True))),
         )
-        trainer = _answer_loss_trainer()(model=model, args=args, train_dataset=_ListDataset(rows),
-                                         data_collator=collator, callbacks=[StepLog()])
+        with _quiet_trainer():
+            trainer = _answer_loss_trainer()(model=model, args=args, train_dataset=_ListDataset(rows),
+                                             data_collator=collator, callbacks=[StepLog()])
         if not progress:
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
-        with warnings.catch_warnings():
-            # transformers 5.24's own Trainer calls its deprecated is_gradient_checkpointing on every
-            # train(); nothing for a user to act on.
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        with _quiet_trainer():
             trainer.train()
         result.seconds = time.perf_counter() - start
     result.tokens = collator.tokens

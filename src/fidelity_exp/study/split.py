@@ -29,6 +29,10 @@ class Split:
     pilot: pd.Index       # respondent ids, in source order
     evaluation: pd.Index  # respondent ids, in source order
     validation: pd.Index = field(default_factory=lambda: pd.Index([]))  # held out from the pilot side
+    # Rectification folds (pilot.finetune_fraction < 1: one fold; pilot.crossfit_folds = K: K
+    # folds covering the pilot). Fold k's humans rectify; the model that answers for them is
+    # fine-tuned on the rest of the pilot. Empty: the whole pilot fine-tunes (the paper's design).
+    folds: tuple[pd.Index, ...] = ()
 
     def __post_init__(self) -> None:
         for (a, x), (b, y) in [(("pilot", self.pilot), ("evaluation", self.evaluation)),
@@ -37,12 +41,22 @@ class Split:
             overlap = x.intersection(y)
             if len(overlap):
                 raise AssertionError(f"{a} and {b} share {len(overlap)} respondents, e.g. {list(overlap[:3])}")
+        for fold in self.folds:
+            if len(fold.difference(self.pilot)):
+                raise AssertionError("a rectification fold holds respondents outside the pilot")
+
+    def finetune_ids(self, k: int) -> pd.Index:
+        """The pilot humans fold k's model is fine-tuned on (the whole pilot without folds)."""
+        return self.pilot.difference(self.folds[k], sort=False) if self.folds else self.pilot
 
     def ids_frame(self) -> pd.DataFrame:
-        """All sets in one frame (`id`, `set`) for logging."""
-        return pd.concat([pd.DataFrame({"id": ids, "set": name}) for name, ids in
-                          (("pilot", self.pilot), ("validation", self.validation), ("evaluation", self.evaluation))],
-                         ignore_index=True)
+        """All sets in one frame (`id`, `set`, and for pilot humans their rectification `fold`)."""
+        frame = pd.concat([pd.DataFrame({"id": ids, "set": name}) for name, ids in
+                           (("pilot", self.pilot), ("validation", self.validation), ("evaluation", self.evaluation))],
+                          ignore_index=True)
+        fold_of = {i: k for k, fold in enumerate(self.folds) for i in fold}
+        frame["fold"] = [fold_of.get(i, -1) for i in frame["id"]]
+        return frame
 
     def scored_on(self, which: str) -> Split:
         """The split whose `evaluation` is the set to simulate and score: `evaluation` or `validation`."""
@@ -53,7 +67,35 @@ class Split:
         if not len(self.validation):
             raise ConfigError("score_on", which, "needs validation humans: set validation.n to a positive number")
         # The evaluation humans drop out entirely: nothing downstream can touch them.
-        return Split(pilot=self.pilot, evaluation=self.validation)
+        return Split(pilot=self.pilot, evaluation=self.validation, folds=self.folds)
+
+    def with_folds(self, *, finetune_fraction: float = 1.0, crossfit_folds: int = 1, seed: int = 0) -> Split:
+        """Split the pilot into fine-tuning and rectification humans (see `folds`)."""
+        n = len(self.pilot)
+        if not isinstance(crossfit_folds, (int, np.integer)) or isinstance(crossfit_folds, bool) \
+                or not 1 <= crossfit_folds <= n // 2:
+            raise ConfigError("pilot.crossfit_folds", crossfit_folds, f"expected an integer from 1 (no cross-fitting) "
+                              f"to {n // 2} (every fold needs at least 2 of the {n} pilot humans)")
+        if isinstance(finetune_fraction, bool) or not isinstance(finetune_fraction, (int, float)) \
+                or not 0 < finetune_fraction <= 1:
+            raise ConfigError("pilot.finetune_fraction", finetune_fraction, "expected a number in (0, 1]: the share "
+                              "of the pilot that fine-tunes (1: all of it, nothing is rectified)")
+        rng = np.random.default_rng([seed, 3])
+        order = self.pilot[rng.permutation(n)]
+        if crossfit_folds >= 2:
+            if finetune_fraction != 1:
+                raise ConfigError("pilot.finetune_fraction", finetune_fraction, "with pilot.crossfit_folds >= 2 every "
+                                  "pilot human rectifies once and fine-tunes the other folds' models: leave it at 1")
+            folds = tuple(self.pilot[self.pilot.isin(part)] for part in np.array_split(order, crossfit_folds))
+        elif finetune_fraction < 1:
+            k = n - int(round(finetune_fraction * n))
+            if k < 2 or k == n:
+                raise ConfigError("pilot.finetune_fraction", finetune_fraction, f"leaves {n - k} of {n} pilot humans "
+                                  f"to fine-tune and {k} to rectify: each part needs at least {2 if k < 2 else 1}")
+            folds = (self.pilot[self.pilot.isin(order[:k])],)
+        else:
+            folds = ()
+        return Split(pilot=self.pilot, evaluation=self.evaluation, validation=self.validation, folds=folds)
 
 
 def draw_split(study: Study, *, method: str = "random", n: int, seed: int = 0, by: str | None = None,

@@ -112,6 +112,98 @@ def plot_pilot_size(frame: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+ESTIMATORS = ("ppi", "pilot_only", "synthetic_only")
+
+
+BUDGET = "param:pilot.finetune_fraction"
+
+
+def coverage_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per regression term and estimator, over complete trials: how often the interval held the
+    full-data fit (`truth/...`), the mean interval width, and (PPI) the median effective n; per
+    fine-tuning share and pilot size when a budget sweep varies them."""
+    done = frame[frame.state == "COMPLETE"] if len(frame) else frame
+    by = [c for c in (BUDGET, "param:pilot.n") if c in done and done[c].nunique() > 1]
+    if by:
+        parts = []
+        for key, group in done.groupby(by):
+            values = key if isinstance(key, tuple) else (key,)
+            parts.append(coverage_table(group.drop(columns=by)).assign(**dict(zip(by, values))))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    rows = []
+    for col in sorted(c for c in done.columns if c.startswith("truth/regression/") and c.endswith("/coef")):
+        _, _, reg, term, _ = col.split("/")
+        for est in ESTIMATORS:
+            low, high = f"{est}/regression/{reg}/{term}/ci_low", f"{est}/regression/{reg}/{term}/ci_high"
+            if low not in done or high not in done:
+                continue
+            ok = done[[low, high, col]].dropna()
+            if ok.empty:
+                continue
+            hit = (ok[low] <= ok[col]) & (ok[col] <= ok[high])
+            ess = done.get(f"{est}/regression/{reg}/{term}/effective_n")
+            rows.append({"regression": reg, "term": term, "estimator": est, "trials": len(ok),
+                         "coverage": hit.mean(), "mean_width": (ok[high] - ok[low]).mean(),
+                         "median_effective_n": float(ess.median()) if ess is not None else np.nan})
+    return pd.DataFrame(rows)
+
+
+def plot_coverage(table: pd.DataFrame, path: Path, nominal: float = 0.95) -> bool:
+    if table.empty or any(c in table for c in (BUDGET, "param:pilot.n")):
+        return False   # a budget sweep: see budget.png and coverage.csv
+    regs = list(dict.fromkeys(table.regression))
+    fig, axes = plt.subplots(len(regs), 2, figsize=(13, 3.8 * len(regs)), squeeze=False)
+    for (ax_c, ax_w), reg in zip(axes, regs):
+        sub = table[table.regression == reg]
+        terms = list(dict.fromkeys(sub.term))
+        x = np.arange(len(terms))
+        for k, est in enumerate(ESTIMATORS):
+            e = sub[sub.estimator == est].set_index("term").reindex(terms)
+            ax_c.bar(x + (k - 1) * 0.27, e.coverage, width=0.27, label=est)
+            ax_w.bar(x + (k - 1) * 0.27, e.mean_width, width=0.27, label=est)
+        ax_c.axhline(nominal, color="k", lw=1, ls="--")
+        ax_c.set_ylim(0, 1.02)
+        ax_c.set_title(f"{reg}: coverage of the {nominal:.0%} intervals ({int(sub.trials.max())} draws)", fontsize=9)
+        ax_w.set_title(f"{reg}: mean interval width", fontsize=9)
+        for ax in (ax_c, ax_w):
+            ax.set_xticks(x)
+            ax.set_xticklabels(terms, rotation=45, ha="right", fontsize=7)
+        ax_c.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_budget(frame: pd.DataFrame, path: Path) -> bool:
+    """Rectified interval width against the share of the pilot that fine-tunes, one line per
+    pilot size, beside the pilot-only width (all humans, no model)."""
+    key = BUDGET
+    done = frame[frame.state == "COMPLETE"] if len(frame) else frame
+    widths = [c for c in done.columns if c.startswith("ppi/regression/") and c.endswith("/width/mean")]
+    if key not in done or done[key].nunique() < 2 or not widths:
+        return False
+    fig, axes = plt.subplots(1, len(widths), figsize=(6 * len(widths), 4), squeeze=False)
+    sizes = sorted(done["param:pilot.n"].unique()) if "param:pilot.n" in done else [None]
+    for ax, col in zip(axes.flat, widths):
+        reg = col.split("/")[2]
+        for size in sizes:
+            sub = done if size is None else done[done["param:pilot.n"] == size]
+            stats = sub.groupby(key)[col].agg(["mean", "min", "max"])
+            line, = ax.plot(stats.index, stats["mean"], marker="o", label=f"PPI, pilot.n={size}")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+            human = sub[f"pilot_only/regression/{reg}/width/mean"].mean()
+            ax.axhline(human, color=line.get_color(), ls="--", lw=1, label=f"all {size} humans, no model")
+        ax.set_xlabel("share of the pilot that fine-tunes (pilot.finetune_fraction)")
+        ax.set_ylabel("mean 95% interval width")
+        ax.set_title(f"{reg}: rectified width by budget split (mean over seeds, min-max shaded)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _optuna_plot(kind: str, study, path: Path) -> str | None:
     """Optuna's matplotlib plot `kind`; None when drawn, else why not."""
     import optuna.visualization.matplotlib as ovm
@@ -153,6 +245,13 @@ def write_sweep_report(folder: Path, study, runs: pd.DataFrame | None, *, object
     plots, notes = [], []
     if plot_pilot_size(frame, folder / "plots" / "pilot_size.png"):
         plots.append(folder / "plots" / "pilot_size.png")
+    coverage = coverage_table(frame)
+    if len(coverage):
+        coverage.to_csv(folder / "coverage.csv", index=False)
+        if plot_coverage(coverage, folder / "plots" / "coverage.png"):
+            plots.append(folder / "plots" / "coverage.png")
+    if plot_budget(frame, folder / "plots" / "budget.png"):
+        plots.append(folder / "plots" / "budget.png")
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     for kind in ("optimization_history", "param_importances"):
         why = "no complete trial" if not complete else _optuna_plot(kind, study, folder / "plots" / f"{kind}.png")
@@ -177,6 +276,11 @@ def write_sweep_report(folder: Path, study, runs: pd.DataFrame | None, *, object
                      f"{ok.tracking_share.median():.1%} of the trial's time, launching and sweeping "
                      f"{ok.sweep_overhead_share.median():.1%}; trial duration median {ok.duration_s.median():.1f} s.")
     lines += notes
+    if len(coverage):
+        keys = [c for c in (BUDGET, "param:pilot.n") if c in coverage] + ["estimator"]
+        summary = coverage.groupby(keys).agg(coverage=("coverage", "mean"), width=("mean_width", "mean"))
+        lines.append("Coverage of the 95% intervals against the full-data fit, averaged over terms: " + "; ".join(
+            f"{k} {r.coverage:.1%} (mean width {r.width:.3g})" for k, r in summary.iterrows()) + " (coverage.csv).")
     shown = [c for c in frame.columns if c in ("trial", "state", "value", "duration_s", "overhead_share", "error")
              or c.startswith("param:") or c.endswith("/fidelity_score")]
     table = frame[shown].copy() if len(frame) else frame

@@ -41,6 +41,7 @@ from fidelity_exp.sweep.space import SearchSpace, parse
 log = logging.getLogger("fidelity_exp.sweep")
 SAMPLERS = ("tpe", "random", "grid")
 INTERRUPTED = "interrupted"
+RECTIFIED_PREFIXES = ("ppi", "pilot_only", "synthetic_only")   # keys of inference/regressions.py
 
 
 def default_storage(cfg: DictConfig) -> str:
@@ -96,18 +97,25 @@ class OptunaSweep:
             same_data = OmegaConf.to_yaml(cfg.data) == OmegaConf.to_yaml(base.data)
             pipeline.check(cfg, dict(cfg.hydra.runtime.choices), study if same_data else None)
         objective = str(self.s.objective)
-        arm = objective.split("/", 1)[0]
-        info = key_info(objective)
-        if info is None or arm not in arms:
-            raise ConfigError("hydra.sweeper.objective", objective,
-                              f"expected <arm>/<metric key> with an arm this sweep runs ({', '.join(arms)}), "
-                              "e.g. finetuned/fidelity_score (keys: METRICS.md)")
+        prefix = objective.split("/", 1)[0]
         direction = self.s.get("direction")
-        if direction is None:
-            if info.higher_is_better is None:
-                raise ConfigError("hydra.sweeper.direction", None, f"{objective} has no better direction in the "
-                                  "metric registry: set minimize or maximize")
-            direction = "maximize" if info.higher_is_better else "minimize"
+        rectified = base.pilot.get("finetune_fraction", 1.0) != 1 or base.pilot.get("crossfit_folds", 1) != 1
+        if prefix in RECTIFIED_PREFIXES and rectified:   # e.g. ppi/regression/<r>/width/mean
+            if direction is None:
+                raise ConfigError("hydra.sweeper.direction", None, f"{objective} is not a fidelity metric: set "
+                                  "minimize or maximize (an interval width: minimize)")
+        else:
+            info = key_info(objective)
+            if info is None or prefix not in arms:
+                raise ConfigError("hydra.sweeper.objective", objective,
+                                  f"expected <arm>/<metric key> with an arm this sweep runs ({', '.join(arms)}), "
+                                  "e.g. finetuned/fidelity_score (keys: METRICS.md), or a rectified estimate's key "
+                                  "(ppi/regression/<r>/width/mean) when pilot.finetune_fraction < 1")
+            if direction is None:
+                if info.higher_is_better is None:
+                    raise ConfigError("hydra.sweeper.direction", None, f"{objective} has no better direction in the "
+                                      "metric registry: set minimize or maximize")
+                direction = "maximize" if info.higher_is_better else "minimize"
         if direction not in ("minimize", "maximize"):
             raise ConfigError("hydra.sweeper.direction", direction, "expected minimize, maximize or null")
         return base, direction

@@ -1,0 +1,138 @@
+"""Rectified estimates of every spec regression (family ols or logit) from a run's humans and twins.
+
+Three estimators of each coefficient, side by side (keys `<estimator>/regression/<r>/<term>/...`):
+
+- `ppi`: PPI++ (prediction_powered.py) from the rectification humans (real answers and their
+  twins' answers) and the twins of the unlabelled personas (the evaluation personas; their real
+  answers are not used);
+- `pilot_only`: the same regression on the whole pilot's real answers (what the humans alone give);
+- `synthetic_only`: the regression on the unlabelled twins alone, as if they were humans;
+
+plus `truth/regression/<r>/<term>/coef`: the fit on every respondent of the study, the estimand
+a coverage experiment checks intervals against, and `ppi/regression/<r>/<term>/effective_n`.
+
+Twins' answers enter as predictions. By default (`ppi.predictions=expected`) a numeric question
+enters as the expected value under the twin's answer probabilities (less noise, still a valid
+prediction); `sampled` uses the sampled answer. A question used as a factor (`C(q)`) is always
+sampled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import patsy
+
+from fidelity_exp.inference.prediction_powered import Estimate, classical, effective_n, ppi
+from fidelity_exp.metrics.registry import clean
+from fidelity_exp.study.data import numeric_frame
+from fidelity_exp.study.spec import Regression, StudySpec
+from fidelity_exp.study.synthetic_file import PROB_SEP
+
+FAMILIES = ("ols", "logit")
+PREDICTIONS = ("expected", "sampled")
+
+
+@dataclass
+class TwinSets:
+    """What a rectified run produces: the rectification humans' twins (each from a model that
+    did not see that human) and, per fine-tuned model, the twins of the unlabelled personas."""
+
+    labelled: pd.DataFrame             # synthetic frame, twin_of = rectification humans
+    unlabelled: list[pd.DataFrame]     # one synthetic frame per model (cross-fitting: K)
+
+
+def _numeric_twins(spec: StudySpec, twins: pd.DataFrame, reg: Regression, predictions: str) -> pd.DataFrame:
+    frame = numeric_frame(spec, twins.set_index("twin_of"))
+    if predictions == "sampled":
+        return frame
+    for column in reg.variables:
+        if column not in spec.question_columns or re.search(rf"C\(\s*{re.escape(column)}\s*[,)]", reg.formula):
+            continue
+        q = spec.question(column)
+        probs = [f"{column}{PROB_SEP}{code}" for code in q.codes]
+        if all(p in twins.columns for p in probs):
+            values = np.array([q.numeric_values[c] for c in q.codes])
+            frame[column] = twins[probs].to_numpy(float) @ values
+    return frame
+
+
+def _matrices(info, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    y, X = patsy.build_design_matrices(info, frame, NA_action=patsy.NAAction(NA_types=[]))
+    return np.asarray(y, float)[:, 0], np.asarray(X, float)
+
+
+def _complete(*arrays: np.ndarray) -> np.ndarray:
+    ok = np.ones(len(arrays[0]), bool)
+    for a in arrays:
+        ok &= np.all(np.isfinite(a.reshape(len(a), -1)), axis=1)
+    return ok
+
+
+def _put(out: dict, prefix: str, terms: list[str], est: Estimate) -> None:
+    for k, term in enumerate(terms):
+        t = clean(term)
+        out[f"{prefix}/{t}/coef"] = float(est.coef[k])
+        out[f"{prefix}/{t}/se"] = float(est.se[k])
+        out[f"{prefix}/{t}/ci_low"] = float(est.ci_low[k])
+        out[f"{prefix}/{t}/ci_high"] = float(est.ci_high[k])
+    out[f"{prefix}/width/mean"] = float(np.mean(est.width))
+
+
+def rectified_regressions(spec: StudySpec, everyone: pd.DataFrame, pilot: pd.DataFrame, rectify: pd.DataFrame,
+                          twins: TwinSets, *, alpha: float, predictions: str = "expected"
+                          ) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics (flat keys) and notes (why a regression was skipped) for every ols/logit regression.
+
+    everyone: all the study's humans (the estimand); pilot: the whole pilot (human-only);
+    rectify: the labelled humans, in the order of `twins.labelled.twin_of`.
+    """
+    out: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    for reg in spec.regressions:
+        r = clean(reg.name)
+        if reg.family not in FAMILIES:
+            notes[f"ppi/regression/{r}/skipped"] = f"family {reg.family}: rectified estimates cover ols and logit"
+            continue
+        env = patsy.EvalEnvironment([{"np": np}])
+        human_all = numeric_frame(spec, everyone)
+        try:
+            y_all, X_all = patsy.dmatrices(reg.formula, human_all, NA_action="drop", eval_env=env,
+                                           return_type="dataframe")
+        except Exception as e:  # a formula these data cannot carry
+            notes[f"ppi/regression/{r}/skipped"] = f"cannot build the design: {e}"
+            continue
+        info = [y_all.design_info, X_all.design_info]
+        terms = list(X_all.columns)
+        truth = classical(reg.family, X_all.to_numpy(float), y_all.iloc[:, 0].to_numpy(float), alpha=alpha)
+        out.update({f"truth/regression/{r}/{clean(t)}/coef": float(c) for t, c in zip(terms, truth.coef)})
+
+        y_p, X_p = _matrices(info, numeric_frame(spec, pilot))
+        ok = _complete(y_p, X_p)
+        human = classical(reg.family, X_p[ok], y_p[ok], alpha=alpha)
+        _put(out, f"pilot_only/regression/{r}", terms, human)
+
+        y_l, X_l = _matrices(info, numeric_frame(spec, rectify.loc[twins.labelled.twin_of]))
+        y_h, X_h = _matrices(info, _numeric_twins(spec, twins.labelled, reg, predictions))
+        unl = [_matrices(info, _numeric_twins(spec, u, reg, predictions)) for u in twins.unlabelled]
+        y_u = np.concatenate([u[0] for u in unl])
+        X_u = np.concatenate([u[1] for u in unl])
+        groups = np.concatenate([np.arange(len(u[0])) for u in unl])
+        ok_l, ok_u = _complete(y_l, X_l, y_h, X_h), _complete(y_u, X_u)
+        synthetic = classical(reg.family, unl[0][1][_complete(*unl[0])], unl[0][0][_complete(*unl[0])], alpha=alpha)
+        _put(out, f"synthetic_only/regression/{r}", terms, synthetic)
+        est = ppi(reg.family, X_l[ok_l], y_l[ok_l], X_h[ok_l], y_h[ok_l], X_u[ok_u], y_u[ok_u], alpha=alpha,
+                  groups=groups[ok_u] if len(unl) > 1 else None)
+        prefix = f"ppi/regression/{r}"
+        _put(out, prefix, terms, est)
+        gain = effective_n(est, human)
+        out.update({f"{prefix}/{clean(t)}/effective_n": float(g) for t, g in zip(terms, gain)})
+        out[f"{prefix}/effective_n/median"] = float(np.median(gain))
+        out[f"{prefix}/lambda"] = est.lam
+        out[f"{prefix}/n_rectify"] = float(est.n)
+        out[f"{prefix}/n_unlabelled"] = float(len(np.unique(groups[ok_u])))
+        out[f"pilot_only/regression/{r}/n"] = float(human.n)
+    return out, notes
