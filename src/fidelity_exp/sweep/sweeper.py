@@ -99,7 +99,8 @@ class OptunaSweep:
         objective = str(self.s.objective)
         prefix = objective.split("/", 1)[0]
         direction = self.s.get("direction")
-        rectified = base.pilot.get("finetune_fraction", 1.0) != 1 or base.pilot.get("crossfit_folds", 1) != 1
+        rectified = (base.pilot.get("finetune_fraction", 1.0) != 1 or base.pilot.get("crossfit_folds", 1) != 1
+                     or bool({"pilot.finetune_fraction", "pilot.crossfit_folds"} & set(space.distributions)))
         if prefix in RECTIFIED_PREFIXES and rectified:   # e.g. ppi/regression/<r>/width/mean
             if direction is None:
                 raise ConfigError("hydra.sweeper.direction", None, f"{objective} is not a fidelity metric: set "
