@@ -125,9 +125,13 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert sorted(int(c.data.tags["sweep.trial"]) for c in finished) == sorted(t.number for t in complete)
-    (killed,) = [c for c in children if c.info.status != "FINISHED"]
-    assert killed.info.status == "KILLED" and int(killed.data.tags["sweep.trial"]) == interrupted.number
-    assert killed.data.tags["error"].startswith("interrupted")
+    # The interrupted trial's run is KILLED with the reason; it has no run at all when the kill
+    # came between Optuna's ask and the run's creation.
+    unfinished = [c for c in children if c.info.status != "FINISHED"]
+    assert len(unfinished) <= 1
+    for killed in unfinished:
+        assert killed.info.status == "KILLED" and int(killed.data.tags["sweep.trial"]) == interrupted.number
+        assert killed.data.tags["error"].startswith("interrupted")
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):

@@ -81,26 +81,28 @@ def run_llm_arms(names: list[str], study: Study, split: Split, cfg: DictConfig, 
     uniforms = uniforms_for(len(twins), len(study.spec.questions), int(cfg.simulate.seed))
     out: dict[str, pd.DataFrame] = {}
 
-    def interview(arm: str, model: Any, who: Split, given=twins, stream=uniforms) -> pd.DataFrame:
-        with _progress(len(given), f"simulating {arm}") as bar:
+    def interview(what: str, model: Any, who: Split, given=twins, stream=uniforms, arm: str | None = None
+                  ) -> pd.DataFrame:
+        """Twins of `who.evaluation` answer; an arm's own interview (`arm`) logs its speed."""
+        with _progress(len(given), f"simulating {what}") as bar:
             result = simulate(model, renderer, given, stream, temperature=float(cfg.simulate.temperature),
                               batch_size=int(cfg.simulate.batch_size), progress=bar.update)
         rq = len(given) * len(study.spec.questions) / result.seconds
-        log.info("%s: %d twins x %d questions in %.1f s: %.2f respondent-questions/s, %.0f tokens/s", arm,
+        log.info("%s: %d twins x %d questions in %.1f s: %.2f respondent-questions/s, %.0f tokens/s", what,
                  len(given), len(study.spec.questions), result.seconds, rq, result.tokens / result.seconds)
-        if tracked is not None and "/" not in arm:
+        if tracked is not None and arm is not None:
             tracked.log_metrics({f"perf/{arm}/respondent_questions_per_s": rq,
                                  f"perf/{arm}/simulate_tokens_per_s": result.tokens / result.seconds,
                                  f"perf/{arm}/simulate_seconds": result.seconds})
         return synthetic_frame(study, who, result)
 
     if "base" in names:
-        out["base"] = interview("arm base", loaded.model, split)
+        out["base"] = interview("arm base", loaded.model, split, arm="base")
     if "finetuned" not in names:
         return out, None
     if not split.folds:
         model = _finetuned_model(loaded, renderer, pilot_given, pilot_answers, study, cfg, tracked, tracking_uri)
-        out["finetuned"] = interview("arm finetuned", model, split)
+        out["finetuned"] = interview("arm finetuned", model, split, arm="finetuned")
         return out, None
     if cfg.finetune.method != "lora":
         raise ConfigError("finetune.method", cfg.finetune.method, "rectified estimates (pilot.finetune_fraction < 1 "
@@ -112,7 +114,8 @@ def run_llm_arms(names: list[str], study: Study, split: Split, cfg: DictConfig, 
                  len(split.folds), len(train), len(fold))
         model = _finetuned_model(loaded, renderer, records(study.frame.loc[train], study.spec.given_columns),
                                  answers_of(study, train), study, cfg, tracked if k == 0 else None, tracking_uri)
-        unlabelled.append(interview("arm finetuned" if k == 0 else f"fold {k}/evaluation personas", model, split))
+        unlabelled.append(interview("arm finetuned" if k == 0 else f"fold {k}/evaluation personas", model, split,
+                                    arm="finetuned" if k == 0 else None))
         fold_split = Split(pilot=train, evaluation=fold)
         fold_given = records(study.frame.loc[fold], study.spec.given_columns)
         fold_stream = uniforms_for(len(fold_given), len(study.spec.questions), int(cfg.simulate.seed) + 7919 * (k + 1))
