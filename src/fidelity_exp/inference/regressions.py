@@ -92,13 +92,13 @@ def rectified_regressions(spec: StudySpec, everyone: pd.DataFrame, pilot: pd.Dat
     """
     out: dict[str, float] = {}
     notes: dict[str, str] = {}
+    human_all = numeric_frame(spec, everyone)
+    env = patsy.EvalEnvironment([{"np": np}])
     for reg in spec.regressions:
         r = clean(reg.name)
         if reg.family not in FAMILIES:
             notes[f"ppi/regression/{r}/skipped"] = f"family {reg.family}: rectified estimates cover ols and logit"
             continue
-        env = patsy.EvalEnvironment([{"np": np}])
-        human_all = numeric_frame(spec, everyone)
         try:
             y_all, X_all = patsy.dmatrices(reg.formula, human_all, NA_action="drop", eval_env=env,
                                            return_type="dataframe")

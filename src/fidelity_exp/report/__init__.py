@@ -107,9 +107,7 @@ def plot_distributions(spec: StudySpec, human: pd.DataFrame, synthetic: dict[str
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
     fig.suptitle(f"{spec.name}: answer distributions, human vs each arm")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_subgroup_js(spec: StudySpec, metrics: dict, arms: list[str], path: Path) -> bool:
@@ -127,9 +125,7 @@ def plot_subgroup_js(spec: StudySpec, metrics: dict, arms: list[str], path: Path
         ax.set_ylabel("JS distance (lower is better)")
         ax.set_ylim(0, 1)
     axes.ravel()[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -154,9 +150,7 @@ def plot_coefficients(spec: StudySpec, metrics: dict, arms: list[str], path: Pat
         ax.set_yticks(np.arange(len(terms)), terms, fontsize=8)
         ax.set_title(f"{reg.name} ({reg.family}): coefficients with 95% intervals", fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -187,6 +181,12 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
     page = html_page(title, body, plots)
     (folder / "report.html").write_text(page, encoding="utf-8")
     return [folder / "report.md", folder / "report.html", *plots]
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def html_page(title: str, body: str, plots: list[Path]) -> str:

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fidelity_exp.report import html_page  # noqa: E402
+from fidelity_exp.report import html_page, save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 REFERENCE = "reference/human_split"
@@ -106,9 +106,7 @@ def plot_pilot_size(frame: pd.DataFrame, path: Path) -> bool:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Fidelity vs pilot size: mean over seeds, shaded min-max; grey: human split-half reference",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -169,9 +167,7 @@ def plot_coverage(table: pd.DataFrame, path: Path, nominal: float = 0.95) -> boo
             ax.set_xticks(x)
             ax.set_xticklabels(terms, rotation=45, ha="right", fontsize=7)
         ax_c.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -198,9 +194,7 @@ def plot_budget(frame: pd.DataFrame, path: Path) -> bool:
         ax.set_ylabel("mean 95% interval width")
         ax.set_title(f"{reg}: rectified width by budget split (mean over seeds, min-max shaded)", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -218,9 +212,7 @@ def _optuna_plot(kind: str, study, path: Path) -> str | None:
         return f"{type(e).__name__}: {e}"
     fig = np.ravel(ax)[0].figure
     fig.set_size_inches(7, 4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return None
 
 
