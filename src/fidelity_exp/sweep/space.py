@@ -35,10 +35,13 @@ class SearchSpace:
     def overrides(self, params: Mapping[str, Any]) -> list[str]:
         return [*self.fixed, *(f"{k}={format_value(v)}" for k, v in params.items())]
 
+    def described(self) -> dict[str, str]:
+        """Each param's range in words, e.g. {'finetune.lora.rank': 'choice(4, 8)'}."""
+        return {k: _describe(d) for k, d in sorted(self.distributions.items())}
+
     def signature(self) -> str:
         """What identifies the sweep: fixed overrides and the space (not n_trials, not the launcher)."""
-        return json.dumps({"fixed": sorted(self.fixed),
-                           "space": {k: _describe(d) for k, d in sorted(self.distributions.items())}})
+        return json.dumps({"fixed": sorted(self.fixed), "space": self.described()})
 
 
 def parse(params: Mapping[str, Any], arguments: Sequence[str]) -> SearchSpace:

@@ -195,7 +195,7 @@ class OptunaSweep:
     def _identity(self, space: SearchSpace, direction: str, url: str, name: str) -> dict[str, str]:
         params = {"sweep.study_name": name, "sweep.objective": str(self.s.objective), "sweep.direction": direction,
                   "sweep.sampler": self.s.sampler, "sweep.storage": masked(url), "sweep.fixed": " ".join(space.fixed)}
-        params.update({f"sweep.space.{k}": v for k, v in __import__("json").loads(space.signature())["space"].items()})
+        params.update({f"sweep.space.{k}": v for k, v in space.described().items()})
         return params
 
     def recover(self) -> None:
