@@ -120,6 +120,14 @@ class SweepRuns:
             self.client.set_tag(run_id, "error", reason[:MAX_PARAM_LENGTH])
         self.client.set_terminated(run_id, status=status)
 
+    def unfinished_children(self, trial_number: int) -> list[str]:
+        """Run ids of a trial's children not yet FINISHED/FAILED/KILLED (found by tag, so a run created just
+        before a kill, whose id never reached the trial's user attrs, is found too)."""
+        runs = self.client.search_runs([self.experiment_id], max_results=100,
+                                       filter_string=f"tags.`sweep.study` = '{self.study_name}' and "
+                                                     f"tags.`sweep.trial` = '{trial_number}'")
+        return [r.info.run_id for r in runs if r.info.status not in TERMINAL]
+
     def trial_runs(self) -> pd.DataFrame:
         """One row per child run: trial number, status, run id, and every metric."""
         runs = self.client.search_runs([self.experiment_id], max_results=50_000,

@@ -213,7 +213,8 @@ class OptunaSweep:
         self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         self.study.enqueue_trial(params, user_attrs={"rerun_of": number})
         if self.runs:
-            self.runs.settle_child(run_id, f"interrupted: {reason}", status="KILLED")
+            for child in {run_id, *self.runs.unfinished_children(number)} - {None}:
+                self.runs.settle_child(child, f"interrupted: {reason}", status="KILLED")
 
     def ask(self) -> list:
         trials = self.study.get_trials(deepcopy=False)
