@@ -19,8 +19,10 @@ from fidelity_exp.llm.models import load_model  # noqa: E402
 from fidelity_exp.study import draw_split, study_from_file  # noqa: E402
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    """Dense square matmul FLOP/s on this machine in `dtype` (warmed up, best of `reps`)."""
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int | None = None, reps: int = 10) -> float:
+    """Dense square matmul FLOP/s on this machine in `dtype` (warmed up, best of `reps`); n = 2048 on a
+    CPU, 8192 on a GPU (large enough to reach the card's rate)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     for _ in range(3):
@@ -41,8 +43,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_memory(device: torch.device) -> dict:
+    """Peak host RSS, and on a GPU the peak memory torch allocated there."""
+    out = {"peak_rss_mb": round(peak_rss_mb(), 1)}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
 def load(model: str, dtype: str | None = None):
-    cfg = OmegaConf.load(REPO / "conf" / "model" / f"{model}.yaml")
+    """A model preset of conf/model (`smollm2_135m`) or the path of a model config file."""
+    path = Path(model) if model.endswith((".yaml", ".yml")) else REPO / "conf" / "model" / f"{model}.yaml"
+    cfg = OmegaConf.load(path)
     if dtype:
         cfg.dtype = dtype
     return load_model(cfg)

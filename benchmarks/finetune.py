@@ -17,7 +17,7 @@ import argparse
 import torch
 from omegaconf import OmegaConf
 
-from common import REPO, finish, load, matmul_rate, peak_rss_mb, pilot_interviews, study_and_split  # noqa: I001
+from common import REPO, finish, load, matmul_rate, peak_memory, pilot_interviews, study_and_split  # noqa: I001
 
 from fidelity_exp.llm.finetune import finetune
 from fidelity_exp.llm.interview import Renderer
@@ -63,7 +63,7 @@ def main() -> None:
         "frac_of_matmul_peak": round(flops6 / peak, 3), "frac_of_matmul_peak_4n": round(flops4 / peak, 3),
         "frac_of_matmul_peak_non_embedding": round(flops6 * non_embedding / lm.n_parameters / peak, 3),
         "loss_first": round(result.losses[0], 4), "loss_last": round(result.losses[-1], 4),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **peak_memory(lm.device),
     }
     print(f"LoRA fine-tuning, {args.model} ({lm.n_parameters / 1e6:.1f}M, {trainable / 1e6:.2f}M trainable, "
           f"{lm.dtype}, {lm.device}), {len(result.losses)} steps of {args.batch_size} interviews")

@@ -21,17 +21,18 @@ import time
 import numpy as np
 import torch
 
-from common import finish, load, matmul_rate, peak_rss_mb, study_and_split  # noqa: I001
+from common import finish, load, matmul_rate, peak_memory, study_and_split  # noqa: I001
 
 from fidelity_exp.llm.engine import option_probabilities, simulate, uniforms_for
 from fidelity_exp.llm.interview import LETTERS, Renderer
 
 
 def naive(model, renderer: Renderer, twins, limit_s: float | None):
-    """Per twin and question: full prompt, generate (batch 1, greedy), parse. Returns (rq/s, unparsed)."""
+    """Per twin and question: full prompt, generate (batch 1, greedy), parse.
+    Returns (rq/s, unparsed answers, respondent-questions done, new tokens generated per question)."""
     spec, tok = renderer.spec, renderer.tokenizer
     longest = max(len(tok.encode(text, add_special_tokens=False)) for q in spec.questions for text in q.options.values())
-    done, unparsed, start = 0, 0, time.perf_counter()
+    done, unparsed, generated, start = 0, 0, 0, time.perf_counter()
     for twin in twins:
         answers: list = []
         for j, q in enumerate(spec.questions):
@@ -40,12 +41,13 @@ def naive(model, renderer: Renderer, twins, limit_s: float | None):
                 out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=longest, do_sample=False,
                                      pad_token_id=tok.pad_token_id)
             text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            generated += out.shape[1] - ids.shape[1]
             answers.append(parse(text, q))
             unparsed += answers[-1] is None
             done += 1
         if limit_s and time.perf_counter() - start > limit_s:
             break
-    return done / (time.perf_counter() - start), unparsed, done
+    return done / (time.perf_counter() - start), unparsed, done, generated / max(done, 1)
 
 
 def parse(text: str, q):
@@ -76,6 +78,7 @@ def no_cache(model, renderer: Renderer, twins, uniforms, batch_size: int):
             mask = torch.zeros_like(ids)
             for i, p in enumerate(prompts):
                 ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+            ids, mask = ids.to(model.device), mask.to(model.device)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
             choice = choose(option_probabilities(logits, renderer.option_tokens[j]), uniforms[rows, j], 1.0)
@@ -112,14 +115,15 @@ def main() -> None:
     result = simulate(lm.model, renderer, twins, uniforms, batch_size=args.batch_size)
     engine_rq = len(twins) * n_q / result.seconds
     useful = 2 * lm.n_parameters * result.tokens / result.seconds
-    naive_rq, unparsed, naive_done = naive(lm.model, renderer, twins, args.naive_limit_s)
+    naive_rq, unparsed, naive_done, naive_new = naive(lm.model, renderer, twins, args.naive_limit_s)
 
     figures = {
         "model": args.model, "study": args.study, "twins": len(twins), "questions": n_q, "dtype": str(lm.dtype),
         "device": str(lm.device), "threads": torch.get_num_threads(), "parameters": lm.n_parameters,
         "engine_respondent_questions_per_s": round(engine_rq, 3), "naive_respondent_questions_per_s": round(naive_rq, 3),
         "ratio_vs_naive": round(engine_rq / naive_rq, 2), "naive_unparsed_answers": unparsed,
-        "naive_respondent_questions": naive_done, "tokens_per_s": round(result.tokens / result.seconds, 1),
+        "naive_respondent_questions": naive_done, "naive_new_tokens_per_question": round(naive_new, 2),
+        "tokens_per_s": round(result.tokens / result.seconds, 1),
         "useful_tokens_per_respondent": round(result.tokens / len(twins), 1),
         "useful_flop_per_s": int(useful), "matmul_flop_per_s": int(peak),
         "frac_of_matmul_peak": round(useful / peak, 3),
@@ -137,7 +141,7 @@ def main() -> None:
         diff = max(float(np.abs(a - b).max()) for a, b in zip(result.probabilities, res2.probabilities, strict=True))
         figures[f"{args.compare_dtype}_respondent_questions_per_s"] = round(len(twins) * n_q / res2.seconds, 3)
         figures[f"{args.compare_dtype}_max_abs_probability_diff"] = round(diff, 4)
-    figures["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    figures.update(peak_memory(lm.device))
 
     print(f"simulation, {args.model} ({lm.n_parameters / 1e6:.1f}M, {lm.dtype}, {lm.device}), {args.study}, "
           f"{len(twins)} twins x {n_q} questions")
