@@ -45,8 +45,38 @@ def app(cfg: DictConfig) -> dict[str, float | None]:
         sys.exit(2)
 
 
+def _user_mistake(e: BaseException) -> str | None:
+    """The message for an error in what the user typed or wrote (an unknown config option, a
+    malformed YAML file, a missing mandatory value); None for anything else (a bug)."""
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, yaml.YAMLError):   # its text names the file, line and column
+        return f"malformed YAML: {e}"
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        cause = e.__cause__
+        extra = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) and str(cause) not in str(e) else ""
+        return f"{e}{extra}"
+    return None
+
+
 def main() -> None:
-    app()
+    """The command line: Hydra's own error printing is replaced by one message and exit 2 for the
+    user's mistakes; a bug keeps its traceback (so does everything with FIDELITY_DEBUG=1 or
+    HYDRA_FULL_ERROR=1 set by the user)."""
+    wants_traceback = _debug() or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"   # Hydra re-raises instead of printing a partial traceback
+    try:
+        app()
+    except Exception as e:
+        message = None if wants_traceback else _user_mistake(e)
+        if message is None:
+            raise
+        print(f"fidelity_exp: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

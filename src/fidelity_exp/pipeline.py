@@ -77,10 +77,29 @@ def active_arms(cfg: DictConfig) -> list[str]:
     predictions = (cfg.get("ppi") or {}).get("predictions", "expected")
     if predictions not in PREDICTIONS:
         raise ConfigError("ppi.predictions", predictions, f"expected one of {', '.join(PREDICTIONS)}")
+    if cfg.finetune.method == "registered" and "finetuned" in names:
+        _check_local_adapter(cfg.finetune)
     if cfg.finetune.method == "none" and "finetuned" in names:
         log.info("finetune=none: the finetuned arm is not run")
         names.remove("finetuned")
     return names
+
+
+def _check_local_adapter(finetune_cfg: DictConfig) -> None:
+    """A local adapter folder is checked before any run starts (an MLflow URI is fetched in the run)."""
+    from fidelity_exp.llm import adapters
+
+    if OmegaConf.is_missing(finetune_cfg, "uri") or not finetune_cfg.get("uri"):
+        raise ConfigError("finetune.uri", None, "expected models:/<name>/<version>, runs:/<run id>/adapter or a "
+                          "local adapter folder")
+    uri = str(finetune_cfg.uri)
+    if "://" in uri or uri.startswith(("models:/", "runs:/")):
+        return
+    folder = resolve(uri)
+    if not folder.is_dir():
+        raise ConfigError("finetune.uri", uri, f"expected an adapter folder, MLflow models:/ or runs:/ URI; "
+                          f"{str(folder)!r} is not a folder")
+    adapters.check_folder(folder)
 
 
 def setup_metrics(metrics_cfg: DictConfig) -> Options:

@@ -189,7 +189,10 @@ def test_a_pickled_or_corrupt_adapter_is_refused(tmp_path, base):
     with pytest.raises(UserError, match="pickled adapter_model.bin, which is never loaded"):
         adapters.load_adapter(base.model, tmp_path)
     (tmp_path / "adapter_model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(UserError, match="cannot be loaded"):
+    with pytest.raises(UserError, match="has no 'peft_type'"):
+        adapters.load_adapter(base.model, tmp_path)
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(UserError, match="adapter_model.safetensors: not a valid safetensors file"):
         adapters.load_adapter(base.model, tmp_path)
 
 

@@ -7,6 +7,7 @@ Adapters are saved and loaded as safetensors only: a directory with a pickled
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -70,17 +71,41 @@ def _registry_source(uri: str, tracking_uri: str) -> str:
     return client.get_model_version(name, version).source
 
 
+def check_folder(folder: Path) -> None:
+    """An adapter folder as PEFT saves it: a JSON config and safetensors weights (never a pickle);
+    a missing, truncated or corrupted file is named with what was expected."""
+    missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
+    if missing:
+        pickled = (" (it holds a pickled adapter_model.bin, which is never loaded)"
+                   if (folder / "adapter_model.bin").exists() else "")
+        raise UserError(f"adapter {str(folder)!r} lacks {', '.join(missing)}{pickled}; expected the folder PEFT "
+                        f"saves: {', '.join(ADAPTER_FILES)}")
+    config = folder / ADAPTER_FILES[0]
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{config}: not readable as JSON ({e}); expected PEFT's adapter config") from None
+    if not isinstance(parsed, dict) or "peft_type" not in parsed:
+        raise UserError(f"{config}: has no 'peft_type'; expected PEFT's adapter config")
+    weights = folder / ADAPTER_FILES[1]
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            list(f.keys())
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise UserError(f"{weights}: not a valid safetensors file ({e}); expected the adapter weights "
+                        "PEFT saves") from None
+
+
 def load_adapter(loaded_model: Any, folder: Path) -> Any:
     """A PeftModel: the base model with the adapter from `folder` (safetensors only)."""
     from peft import PeftModel
 
-    missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
-    if missing:
-        pickled = " (it holds a pickled adapter_model.bin, which is never loaded)" if (folder / "adapter_model.bin").exists() else ""
-        raise UserError(f"adapter {str(folder)!r} lacks {', '.join(missing)}{pickled}")
+    check_folder(folder)
     try:
         model = PeftModel.from_pretrained(loaded_model, str(folder), is_trainable=False)
-    except Exception as e:  # a corrupted or mismatched file: say which and why
+    except Exception as e:  # a mismatched adapter (another base model, other shapes): say which and why
         raise UserError(f"adapter {str(folder)!r} cannot be loaded onto this model: {e}") from None
     return model.eval()
 

@@ -1,0 +1,197 @@
+"""The catalogue of broken inputs, each through the real command line in a fresh directory.
+
+Every case must end with a non-zero exit, one message that names the file, key and value and
+says what was expected, no Python traceback, and no run left RUNNING in the store (a run that
+had started must be FAILED with the reason as its `error` tag; most cases never start one).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from ..conftest import tiny_frame, tiny_spec
+from ..test_cli import cli
+
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+FAST = ("arms=[pilot_resample,tabular]", "metrics.bootstrap=5", "metrics.reference_splits=2", "pilot.n=20")
+
+
+@dataclass
+class Case:
+    """`prepare(folder)` writes the user's files and returns the command-line arguments."""
+
+    prepare: Callable[[Path], list[str]]
+    expect: tuple[str, ...]            # fragments the message must contain (file, key, value, expectation)
+    run_may_exist: bool = False        # the error can only show once a run has started (then it is FAILED)
+    extra: dict = field(default_factory=dict)
+
+
+def _study(folder: Path, frame=None, csv_text: str | None = None, csv_bytes: bytes | None = None,
+           name: str = "mine", **changes) -> list[str]:
+    """The user's own study folder: my_conf/data/<name>.yaml over survey.csv, found via hydra.searchpath."""
+    conf = folder / "my_conf" / "data"
+    conf.mkdir(parents=True, exist_ok=True)
+    csv = folder / "survey.csv"
+    if csv_bytes is not None:
+        csv.write_bytes(csv_bytes)
+    elif csv_text is not None:
+        csv.write_text(csv_text)
+    else:
+        (tiny_frame() if frame is None else frame).to_csv(csv, index=False)
+    spec = tiny_spec(Path("survey.csv"), name=name)
+    for key, value in changes.items():
+        if callable(value):
+            value(spec)
+        else:
+            spec[key] = value
+    (conf / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return [f"hydra.searchpath=[file://{folder / 'my_conf'}]", f"data={name}", *FAST]
+
+
+def _spec_path(folder: Path, name: str = "mine") -> str:
+    return str(folder / "my_conf" / "data" / f"{name}.yaml")
+
+
+def _with_frame(change: Callable) -> Callable[[Path], list[str]]:
+    def prepare(folder: Path) -> list[str]:
+        frame = tiny_frame()
+        change(frame)
+        return _study(folder, frame=frame)
+    return prepare
+
+
+def _set_question(i: int, **changes):
+    def edit(spec):
+        spec["questions"][i].update(changes)
+    return edit
+
+
+def _synthetic(folder: Path, change: Callable) -> list[str]:
+    args = _study(folder)
+    frame = tiny_frame().rename(columns={"rid": "twin_of"})
+    change(frame)
+    frame.to_csv(folder / "twins.csv", index=False)
+    return [*args, "+experiment=evaluate", "evaluate.synthetic=twins.csv"]
+
+
+def _malformed_yaml(folder: Path) -> list[str]:
+    args = _study(folder)
+    Path(_spec_path(folder)).write_text("name: mine\nquestions:\n  - column: trust\n   text: [unclosed\n")
+    return args
+
+
+def _corrupt_adapter(folder: Path) -> list[str]:
+    adapter = folder / "my_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x00\x01not a safetensors file")
+    return [*_study(folder)[:2], "model=tiny_random", "finetune=registered", f"finetune.uri={adapter}",
+            "arms=[finetuned]", "metrics.bootstrap=5", "metrics.reference_splits=2", "pilot.n=20"]
+
+
+CASES: dict[str, Case] = {
+    # -- the spec file -------------------------------------------------------------------------------------
+    "malformed_yaml": Case(_malformed_yaml, ("mine.yaml", "line")),
+    "unknown_top_level_key": Case(lambda f: _study(f, colour="blue"), ("mine.yaml", "colour", "unknown key")),
+    "unknown_question_key": Case(lambda f: _study(f, questions=_set_question(0, txt="Trust?")),
+                                 ("mine.yaml", "questions[0]", "txt")),
+    "question_type_unknown": Case(lambda f: _study(f, questions=_set_question(0, type="likert")),
+                                  ("mine.yaml", "questions[0].type", "likert")),
+    "persona_column_also_a_question": Case(
+        lambda f: _study(f, persona=[{"column": "trust", "label": "Trust", "type": "numeric"}]),
+        ("mine.yaml", "trust", "already used in persona")),
+    "formula_unknown_column": Case(
+        lambda f: _study(f, regressions={"m": {"formula": "buy ~ trust + incme", "family": "logit"}}),
+        ("mine.yaml", "regressions.m.formula", "incme")),
+    "regression_family_unknown": Case(
+        lambda f: _study(f, regressions={"m": {"formula": "buy ~ trust", "family": "tobit"}}),
+        ("mine.yaml", "regressions.m.family", "tobit", "logit")),
+    "subgroup_without_members": Case(
+        lambda f: _study(f, subgroups={"region": {"column": "region", "groups": {"North": ["n"], "West": ["w"]}}}),
+        ("mine.yaml", "subgroups.region", "West")),
+    "option_code_wrong_type": Case(lambda f: _study(f, questions=_set_question(0, options={"1": "Low", "2": "Mid",
+                                                                                          "3": "High"})),
+                                   ("mine.yaml", "trust", "'1'")),
+    # -- the data file ---------------------------------------------------------------------------------------
+    "column_missing_from_data": Case(_with_frame(lambda fr: fr.drop(columns="age", inplace=True)),
+                                     ("mine.yaml", "age", "survey.csv")),
+    "duplicate_ids": Case(_with_frame(lambda fr: fr.__setitem__("rid", ["r000"] * len(fr))),
+                          ("mine.yaml", "rid", "unique", "r000")),
+    "value_not_an_option": Case(_with_frame(lambda fr: fr.__setitem__("trust", [7] + list(fr.trust[1:]))),
+                                ("mine.yaml", "trust", "7", "r000")),
+    "question_all_missing": Case(_with_frame(lambda fr: fr.__setitem__("trust", None)),
+                                 ("mine.yaml", "trust", "no answers")),
+    "non_numeric_in_numeric_persona": Case(
+        _with_frame(lambda fr: fr.__setitem__("age", ["forty"] + list(fr.age[1:].astype(str)))),
+        ("mine.yaml", "age", "forty", "numeric")),
+    "empty_file": Case(lambda f: _study(f, csv_text=""), ("mine.yaml", "survey.csv", "empty")),
+    "header_only": Case(lambda f: _study(f, csv_text="rid,age,region,trust,buy\n"),
+                        ("mine.yaml", "survey.csv", "no rows")),
+    "semicolon_delimiter": Case(lambda f: _study(f, csv_text=tiny_frame().to_csv(index=False, sep=";")),
+                                ("mine.yaml", "delimiter")),
+    "utf16_encoding": Case(lambda f: _study(f, csv_bytes=tiny_frame().to_csv(index=False).encode("utf-16")),
+                           ("mine.yaml", "survey.csv", "UTF-8")),
+    "source_missing": Case(lambda f: _study(f, source={"kind": "csv", "path": "nowhere.csv"}),
+                           ("mine.yaml", "source", "nowhere.csv")),
+    # -- config values ---------------------------------------------------------------------------------------
+    "pilot_n_zero": Case(lambda f: [*_study(f), "pilot.n=0"], ("pilot.n=0", "expected an integer from 1 to 39")),
+    "pilot_n_negative": Case(lambda f: [*_study(f), "pilot.n=-5"], ("pilot.n=-5", "expected an integer")),
+    "pilot_n_above_data": Case(lambda f: [*_study(f), "pilot.n=500"], ("pilot.n=500", "40 respondents")),
+    "unknown_metric_family": Case(lambda f: [*_study(f), "metrics.families=[divergence,vibes]"],
+                                  ("metrics.families", "vibes", "divergence")),
+    "unknown_arm": Case(lambda f: [*_study(f), "arms=[oracle]"], ("arms", "oracle", "tabular")),
+    "unknown_model_preset": Case(lambda f: [*_study(f), "model=gpt5"], ("model", "gpt5", "smollm2_135m")),
+    "unknown_config_key": Case(lambda f: [*_study(f), "pilot.size=3"], ("pilot.size",)),
+    "eval_n_zero": Case(lambda f: [*_study(f), "eval.n=0"], ("eval.n=0", "expected")),
+    # -- evaluate-only synthetic files -----------------------------------------------------------------------
+    "synthetic_missing_column": Case(lambda f: _synthetic(f, lambda fr: fr.drop(columns="buy", inplace=True)),
+                                     ("twins.csv", "buy", "is not in")),
+    "synthetic_unknown_code": Case(lambda f: _synthetic(f, lambda fr: fr.__setitem__("buy", ["maybe"] * len(fr))),
+                                   ("twins.csv", "buy", "maybe")),
+    "synthetic_wrong_twin_ids": Case(
+        lambda f: _synthetic(f, lambda fr: fr.__setitem__("twin_of", [f"x{i}" for i in range(len(fr))])),
+        ("twins.csv", "twin_of", "x0")),
+    "synthetic_file_missing": Case(lambda f: [*_study(f), "+experiment=evaluate", "evaluate.synthetic=none.csv"],
+                                   ("evaluate.synthetic", "none.csv")),
+    # -- models ----------------------------------------------------------------------------------------------
+    "corrupt_adapter": Case(_corrupt_adapter, ("my_adapter", "adapter_model.safetensors", "safetensors")),
+}
+
+
+def _runs(folder: Path) -> list[tuple[str, str | None]]:
+    """(status, error tag) of every run in the case's store; [] when no store was created."""
+    db = folder / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        return con.execute("select r.status, t.value from runs r left join tags t "
+                           "on t.run_uuid = r.run_uuid and t.key = 'error'").fetchall()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_one_clear_message_nothing_half_written(name, tmp_path):
+    case = CASES[name]
+    args = case.prepare(tmp_path)
+    done = cli(*args, cwd=tmp_path)
+    message = done.stderr.strip()
+    assert done.returncode != 0, f"{name}: exit 0\n{done.stdout[-2000:]}"
+    assert "Traceback" not in done.stderr, f"{name}: traceback\n{done.stderr[-3000:]}"
+    assert message, f"{name}: no message"
+    missing = [frag for frag in case.expect if frag.lower() not in message.lower()]
+    assert not missing, f"{name}: message lacks {missing}:\n{message}"
+    runs = _runs(tmp_path)
+    if not case.run_may_exist:
+        assert runs == [], f"{name}: bad input created runs {runs}"
+    for status, error in runs:
+        assert status in TERMINAL and status != "FINISHED", f"{name}: a run left {status}"
+        assert error, f"{name}: a FAILED run without its reason"
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CASES) >= 25
