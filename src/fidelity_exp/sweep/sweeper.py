@@ -37,6 +37,7 @@ from fidelity_exp.metrics import key_info
 from fidelity_exp.paths import resolve
 from fidelity_exp.sweep.runs import SweepRuns, masked
 from fidelity_exp.sweep.space import SearchSpace, parse
+from fidelity_exp.tracking.mlflow_run import process_alive
 
 log = logging.getLogger("fidelity_exp.sweep")
 SAMPLERS = ("tpe", "random", "grid")
@@ -48,16 +49,6 @@ def default_storage(cfg: DictConfig) -> str:
     path = resolve(cfg.paths.mlruns) / "optuna.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, ValueError):
-        return True
-    return True
 
 
 class OptunaSweep:
@@ -201,7 +192,7 @@ class OptunaSweep:
     def recover(self) -> None:
         """Trials a killed sweep left RUNNING on this host: mark them interrupted, queue them again."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("sweeper_host") == self.host and not _alive(t.user_attrs.get("sweeper_pid")):
+            if t.user_attrs.get("sweeper_host") == self.host and not process_alive(t.user_attrs.get("sweeper_pid")):
                 log.warning("trial %d was interrupted (its sweep process is gone): running it again", t.number)
                 self.interrupt(t.number, t.params, t.user_attrs.get("mlflow_run_id"),
                                "the sweep process ended before this trial finished")

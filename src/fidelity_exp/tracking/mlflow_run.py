@@ -11,8 +11,10 @@ run", so parallel jobs and tests never write into each other's runs.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp.paths import resolve
 
+log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000   # MLflow 3's limit on a param value
 BATCH = 100               # MLflow's limit on params per log_batch call
 SPEC_PARAM_KEYS = ("name", "version", "source", "id")  # the rest of the spec goes in as an artifact
@@ -182,6 +185,43 @@ def _parent(artifact_file: str) -> str | None:
     return None if parent in ("", ".") else parent
 
 
+def process_alive(pid: Any) -> bool:
+    """Whether a process of this host with that id still exists (unknown: assume it does)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process writes a run: a run left RUNNING by a process that no longer exists was killed."""
+    return {"fidelity.host": socket.gethostname(), "fidelity.pid": str(os.getpid())}
+
+
+def settle_abandoned_runs(client, experiment_id: str) -> list[str]:
+    """Mark FAILED (with the reason) the runs of this experiment that a process of this host left
+    RUNNING and that no longer exists: a SIGKILL, an out-of-memory kill or a power cut never gets to
+    mark its run. Runs of other hosts are left alone (their processes cannot be checked from here)."""
+    host = socket.gethostname()
+    found = client.search_runs([experiment_id], max_results=1000, filter_string=(
+        f"attributes.status = 'RUNNING' and tags.`fidelity.host` = '{host}'"))
+    settled = []
+    for run in found:
+        pid = run.data.tags.get("fidelity.pid")
+        if pid is None or process_alive(pid):
+            continue
+        client.set_tag(run.info.run_id, "error", f"interrupted: process {pid} on {host} ended without finishing "
+                                                 "this run (killed or crashed); marked on the next start")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        settled.append(run.info.run_id)
+        log.warning("run %s was left RUNNING by process %s, which no longer exists: marked FAILED",
+                    run.info.run_id, pid)
+    return settled
+
+
 @contextmanager
 def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
     """Start a run in the configured experiment; mark it FINISHED, or FAILED with the reason as a tag.
@@ -197,14 +237,17 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
     client = MlflowClient(tracking_uri=uri)
     experiment_id = get_or_create_experiment(client, str(cfg.tracking.experiment), cfg.tracking.get("artifact_root"),
                                              uri)
-    all_tags = {"mlflow.runName": run_name, **git_state(), **{k: v for k, v in tags.items() if v is not None}}
+    settle_abandoned_runs(client, experiment_id)
+    all_tags = {"mlflow.runName": run_name, **git_state(), **owner_tags(),
+                **{k: v for k, v in tags.items() if v is not None}}
     all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
     given = cfg.tracking.get("run_id")
     if given:
         run = client.get_run(str(given))
-        client.update_run(run.info.run_id, status="RUNNING", name=run.info.run_name or run_name)
         tracked = TrackedRun(client, run.info.run_id)
+        # owner tags first: a run is never RUNNING without saying which process runs it
         tracked.set_tags({k: v for k, v in all_tags.items() if k != "mlflow.runName" or not run.info.run_name})
+        client.update_run(run.info.run_id, status="RUNNING", name=run.info.run_name or run_name)
     else:
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         tracked = TrackedRun(client, run.info.run_id)
