@@ -8,6 +8,7 @@ had started must be FAILED with the reason as its `error` tag; most cases never 
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -119,7 +120,7 @@ CASES: dict[str, Case] = {
                                                                                           "3": "High"})),
                                    ("mine.yaml", "trust", "'1'")),
     # -- the data file ---------------------------------------------------------------------------------------
-    "column_missing_from_data": Case(_with_frame(lambda fr: fr.drop(columns="age", inplace=True)),
+    "column_missing_from_data": Case(_with_frame(lambda fr: fr.pop("age")),
                                      ("mine.yaml", "age", "survey.csv")),
     "duplicate_ids": Case(_with_frame(lambda fr: fr.__setitem__("rid", ["r000"] * len(fr))),
                           ("mine.yaml", "rid", "unique", "r000")),
@@ -150,7 +151,7 @@ CASES: dict[str, Case] = {
     "unknown_config_key": Case(lambda f: [*_study(f), "pilot.size=3"], ("pilot.size",)),
     "eval_n_zero": Case(lambda f: [*_study(f), "eval.n=0"], ("eval.n=0", "expected")),
     # -- evaluate-only synthetic files -----------------------------------------------------------------------
-    "synthetic_missing_column": Case(lambda f: _synthetic(f, lambda fr: fr.drop(columns="buy", inplace=True)),
+    "synthetic_missing_column": Case(lambda f: _synthetic(f, lambda fr: fr.pop("buy")),
                                      ("twins.csv", "buy", "is not in")),
     "synthetic_unknown_code": Case(lambda f: _synthetic(f, lambda fr: fr.__setitem__("buy", ["maybe"] * len(fr))),
                                    ("twins.csv", "buy", "maybe")),
@@ -174,11 +175,21 @@ def _runs(folder: Path) -> list[tuple[str, str | None]]:
                            "on t.run_uuid = r.run_uuid and t.key = 'error'").fetchall()
 
 
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case run once, two commands at a time (each in its own directory): name -> (folder, result)."""
+    def one(name: str):
+        folder = tmp_path_factory.mktemp(name)
+        return name, folder, cli(*CASES[name].prepare(folder), cwd=folder)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return {name: (folder, done) for name, folder, done in pool.map(one, sorted(CASES))}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_one_clear_message_nothing_half_written(name, tmp_path):
+def test_bad_input_one_clear_message_nothing_half_written(name, outcomes):
     case = CASES[name]
-    args = case.prepare(tmp_path)
-    done = cli(*args, cwd=tmp_path)
+    tmp_path, done = outcomes[name]
     message = done.stderr.strip()
     assert done.returncode != 0, f"{name}: exit 0\n{done.stdout[-2000:]}"
     assert "Traceback" not in done.stderr, f"{name}: traceback\n{done.stderr[-3000:]}"

@@ -21,6 +21,7 @@ from fidelity_exp.tracking.mlflow_run import (
     TrackedRun,
     get_or_create_experiment,
     git_state,
+    open_client,
     tracking_uri,
 )
 
@@ -35,14 +36,8 @@ def masked(url: str) -> str:
 
 class SweepRuns:
     def __init__(self, cfg: DictConfig, study_name: str):
-        from mlflow.tracking import MlflowClient
-
         self.uri = tracking_uri(cfg)
-        if self.uri.startswith("sqlite:///"):
-            from pathlib import Path
-
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = open_client(self.uri)
         self.experiment_id = get_or_create_experiment(self.client, str(cfg.tracking.experiment),
                                                       cfg.tracking.get("artifact_root"), self.uri)
         self.study_name = study_name
@@ -54,15 +49,17 @@ class SweepRuns:
         run_id = study.user_attrs.get(PARENT_ATTR)
         if run_id and not self._exists(run_id):
             run_id = None
+        run_id = run_id or self._first_parent()
+        created = False
         if run_id is None:
-            found = self.client.search_runs([self.experiment_id], max_results=1,
-                                            filter_string=f"tags.`sweep.study` = '{self.study_name}' and "
-                                                          "tags.`sweep.role` = 'parent'")
-            run_id = found[0].info.run_id if found else None
-        if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=f"sweep {self.study_name}", tags={
-                "sweep.study": self.study_name, "sweep.role": "parent", **git_state()})
-            run_id = run.info.run_id
+            mine = self.client.create_run(self.experiment_id, run_name=f"sweep {self.study_name}", tags={
+                "sweep.study": self.study_name, "sweep.role": "parent", **git_state()}).info.run_id
+            # Processes that start the same new sweep at once each create one: the earliest stays.
+            run_id = self._first_parent()
+            created = run_id == mine
+            if not created:
+                self.client.delete_run(mine)
+        if created:
             parent = TrackedRun(self.client, run_id)
             parent.log_params(params)                 # what identifies the sweep; never changes
             parent.log_text(config_yaml, "config/config.yaml")
@@ -74,6 +71,13 @@ class SweepRuns:
         TrackedRun(self.client, run_id).set_tags(tags)  # what may change between starts (n_trials, ...)
         self.parent_id = run_id
         return run_id
+
+    def _first_parent(self) -> str | None:
+        found = self.client.search_runs([self.experiment_id], max_results=100,
+                                        filter_string=f"tags.`sweep.study` = '{self.study_name}' and "
+                                                      "tags.`sweep.role` = 'parent'")
+        first = min(found, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+        return first.info.run_id if first else None
 
     def _exists(self, run_id: str) -> bool:
         try:

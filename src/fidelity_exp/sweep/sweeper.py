@@ -37,7 +37,7 @@ from fidelity_exp.metrics import key_info
 from fidelity_exp.paths import resolve
 from fidelity_exp.sweep.runs import SweepRuns, masked
 from fidelity_exp.sweep.space import SearchSpace, parse
-from fidelity_exp.tracking.mlflow_run import process_alive
+from fidelity_exp.tracking.mlflow_run import first_use_lock, process_alive
 
 log = logging.getLogger("fidelity_exp.sweep")
 SAMPLERS = ("tpe", "random", "grid")
@@ -136,8 +136,9 @@ class OptunaSweep:
         base, direction = self.check(space)
         name = self.study_name(space, base)
         url = str(self.s.storage or default_storage(base))
-        storage = optuna.storages.RDBStorage(url)
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+        with first_use_lock(url):   # several sweep processes may start on one new sqlite file at once
+            storage = optuna.storages.RDBStorage(url)
+            study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
         if study.direction.name.lower() != direction:
             raise ConfigError("hydra.sweeper.direction", direction, f"study {name!r} in {masked(url)} already "
                               f"optimises in direction {study.direction.name.lower()}")

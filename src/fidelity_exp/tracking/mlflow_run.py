@@ -52,6 +52,39 @@ def _is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
+@contextmanager
+def first_use_lock(uri: str) -> Iterator[None]:
+    """Several processes opening one new sqlite store at once race to create its tables (MLflow's
+    migrations, Optuna's schema) and all but one crash. An exclusive lock on `<file>.lock` beside
+    the store makes the first one create them while the others wait. Other URLs: no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:   # Windows: no flock; start the first process alone there
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_client(uri: str):
+    """An MlflowClient whose store exists: created (or upgraded) under `first_use_lock`."""
+    from mlflow.tracking import MlflowClient
+
+    with first_use_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)   # the first call creates the store's tables
+    return client
+
+
 def get_or_create_experiment(client, name: str, artifact_root: str | None, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -229,12 +262,8 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
     With `tracking.run_id` set (a sweep trial: the sweeper created the run as a child of the
     sweep's parent run), that run is used instead of a new one.
     """
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
+    client = open_client(uri)
     experiment_id = get_or_create_experiment(client, str(cfg.tracking.experiment), cfg.tracking.get("artifact_root"),
                                              uri)
     settle_abandoned_runs(client, experiment_id)
