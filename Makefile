@@ -15,7 +15,7 @@ export HF_HOME ?= $(CURDIR)/mlruns/hf_home
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup quickstart test ui clean-venv
+.PHONY: setup browser quickstart test ui clean-venv
 
 setup: $(STAMP)
 
@@ -31,8 +31,17 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 quickstart: setup
 	$(BIN)/python -m fidelity_exp +experiment=quickstart
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+# The MLflow UI test drives Debian's headless chromium (no browser download): install it once.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing Debian's chromium and chromium-driver (for tests/reliability/test_mlflow_ui.py)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
+	  { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	fi
 
 # The MLflow UI on the default store, on this machine only (127.0.0.1).
 ui: setup
