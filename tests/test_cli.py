@@ -29,24 +29,6 @@ def _runs(db: Path, experiment: str):
     return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-@pytest.mark.slow
-def test_quickstart_twice_gives_two_runs_with_the_same_split(tmp_path):
-    for _ in range(2):
-        done = cli("+experiment=quickstart", "model=tiny_random", "finetune.max_steps=2", "eval.n=40",
-                   "metrics.bootstrap=10", "metrics.reference_splits=2", cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-    client, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "anes96")
-    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
-    ids = [pd.read_csv(client.download_artifacts(r.info.run_id, "split/pilot_ids.csv", str(tmp_path / r.info.run_id)))
-           for r in runs]
-    assert ids[0].equals(ids[1]) and len(ids[0]) == 100
-    synthetic = [pd.read_csv(client.download_artifacts(r.info.run_id, "synthetic/finetuned.csv", str(tmp_path / f"s{i}")))
-                 for i, r in enumerate(runs)]
-    pd.testing.assert_frame_equal(synthetic[0], synthetic[1])   # same command, same seed: the same twins
-    assert (tmp_path / "mlruns" / "outputs").is_dir()   # Hydra's run dirs under mlruns/, not the cwd
-    assert not (tmp_path / "outputs").exists()
-
-
 def test_help_and_cfg_job(tmp_path):
     helped = cli("--help", cwd=tmp_path)
     assert helped.returncode == 0 and "fidelity_exp" in helped.stdout and "experiment" in helped.stdout
