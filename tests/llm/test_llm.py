@@ -172,6 +172,7 @@ def test_adapter_round_trip_through_mlflow(study, tmp_path):
     version = adapters.log_and_register(TrackedRun(client, run.info.run_id), trained, "anes96-tiny_random-lora")
     files = {f.path for f in client.list_artifacts(run.info.run_id, "adapter")}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]   # safetensors only, no pickle
 
     reloaded = adapters.fetch_adapter(tiny().model, f"models:/anes96-tiny_random-lora/{version}", uri)
     twin = twins_of(study)[0]

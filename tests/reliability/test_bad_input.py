@@ -87,6 +87,17 @@ def _malformed_yaml(folder: Path) -> list[str]:
     return args
 
 
+def _python_tag(folder: Path) -> list[str]:
+    """A spec that would run a command if it were read with an unsafe YAML loader."""
+    args = _study(folder)
+    spec = Path(_spec_path(folder))
+    text = spec.read_text()
+    assert "intro: A tiny survey." in text
+    spec.write_text(text.replace("intro: A tiny survey.",
+                                 f"intro: !!python/object/apply:os.system ['touch {folder / 'PWNED'}']"))
+    return args
+
+
 def _corrupt_adapter(folder: Path) -> list[str]:
     adapter = folder / "my_adapter"
     adapter.mkdir()
@@ -99,6 +110,9 @@ def _corrupt_adapter(folder: Path) -> list[str]:
 CASES: dict[str, Case] = {
     # -- the spec file -------------------------------------------------------------------------------------
     "malformed_yaml": Case(_malformed_yaml, ("mine.yaml", "line")),
+    "yaml_python_tag": Case(_python_tag, ("mine.yaml", "python/object")),
+    "spec_name_path_traversal": Case(lambda f: _study(f, rename=lambda spec: spec.update(name="../../outside")),
+                                     ("mine.yaml", "name", "../../outside", "identifier")),
     "unknown_top_level_key": Case(lambda f: _study(f, colour="blue"), ("mine.yaml", "colour", "unknown key")),
     "unknown_question_key": Case(lambda f: _study(f, questions=_set_question(0, txt="Trust?")),
                                  ("mine.yaml", "questions[0]", "txt")),
@@ -196,6 +210,7 @@ def test_bad_input_one_clear_message_nothing_half_written(name, outcomes):
     assert message, f"{name}: no message"
     missing = [frag for frag in case.expect if frag.lower() not in message.lower()]
     assert not missing, f"{name}: message lacks {missing}:\n{message}"
+    assert not (tmp_path / "PWNED").exists()
     runs = _runs(tmp_path)
     if not case.run_may_exist:
         assert runs == [], f"{name}: bad input created runs {runs}"

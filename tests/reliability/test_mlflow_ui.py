@@ -73,7 +73,8 @@ def _visible_text_with(driver, *needles: str, timeout: float = 90) -> str:
     try:
         WebDriverWait(driver, timeout, poll_frequency=0.5).until(ready)
     except Exception:
-        raise AssertionError(f"{needles} not visible at {driver.current_url}:\n{found.get('text', '')[:2000]}") from None
+        text = found.get("text", "")[:2000]
+        raise AssertionError(f"{needles} not visible at {driver.current_url}:\n{text}") from None
     return found["text"]
 
 

@@ -29,6 +29,7 @@ PERSONA_TYPES = ("numeric", "ordinal", "nominal")
 QUESTION_TYPES = ("ordinal", "nominal", "binary")
 ROLES = ("belief", "action", "other")
 FAMILIES = ("ols", "logit", "probit", "mnlogit")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")   # a spec name: no slash, space or leading dot
 
 Code = Any  # an option code: int or str as written in the spec
 
@@ -294,6 +295,10 @@ def check_spec(raw: Mapping, origin: str = "<spec>") -> tuple[StudySpec | None, 
     ck.unknown_keys(raw, TOP_LEVEL_KEYS, "")
 
     name = ck.text(raw, "name", "")
+    if name is not None and not NAME_RE.fullmatch(name):
+        ck.add("name", f"expected a short identifier (letters, digits, '_', '-', '.'; it names runs, the MLflow "
+                       f"experiment and registered models), found {name!r}")
+        name = None
     version = raw.get("version")
     if not (isinstance(version, int) and not isinstance(version, bool)):
         ck.add("version", f"expected an integer (bump it when a change alters results), found {version!r}")
