@@ -166,3 +166,41 @@ def test_finetune_none_runs_the_base_model_alone(composer, tmp_path):
     assert pipeline.active_arms(cfg) == ["base"]
     result = pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
     assert "base/fidelity_score" in result and not any(k.startswith("finetuned/") for k in result)
+
+
+def test_artifacts_are_written_atomically(tmp_path, monkeypatch):
+    """Every artifact reaches its name by a rename from a temporary name in the same folder."""
+    import os
+
+    import fidelity_exp.tracking.mlflow_run as mlflow_run
+    from fidelity_exp.tracking.mlflow_run import TrackedRun
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("atomic", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp)
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):   # the real rename; the pair is kept to inspect
+        renames.append((str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(mlflow_run.os, "replace", recording_replace)
+    tracked = TrackedRun(client, run.info.run_id)
+    tracked.log_text("a,b\n1,2\n", "tables/x.csv")
+    folder = tmp_path / "report"
+    (folder / "plots").mkdir(parents=True)
+    (folder / "report.md").write_text("# r")
+    (folder / "plots" / "p.png").write_bytes(b"\x89PNG")
+    tracked.log_dir(folder, "report")
+    tracked.log_file(folder / "report.md")
+
+    logged = {f.path for d in ("tables", "report", "report/plots") for f in client.list_artifacts(run.info.run_id, d)}
+    assert {"tables/x.csv", "report/report.md", "report/plots/p.png"} <= logged
+    root = tmp_path / "artifacts" / run.info.run_id / "artifacts"
+    targets = {str(root / p) for p in ("tables/x.csv", "report/report.md", "report/plots/p.png", "report.md")}
+    assert {dst for _, dst in renames} == targets
+    for src, dst in renames:
+        assert os.path.dirname(src) == os.path.dirname(dst) and os.path.basename(src).endswith(".partial")
+    assert not list(root.rglob("*.partial"))
+    assert (root / "tables" / "x.csv").read_text() == "a,b\n1,2\n"

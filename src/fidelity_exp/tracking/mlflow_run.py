@@ -14,10 +14,13 @@ import functools
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -157,11 +160,41 @@ def _timed(method):
 
 
 class TrackedRun:
-    """A started MLflow run and the few ways we write to it; `seconds` is the time spent writing."""
+    """A started MLflow run and the few ways we write to it; `seconds` is the time spent writing.
+
+    Artifacts in a local store are written atomically: each file is copied to a temporary name
+    beside its target and renamed, so a crash never leaves half a file under a real name. Other
+    stores (a tracking server, S3) get MLflow's own upload, whole objects there.
+    """
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
         self.seconds = 0.0
+        self._artifact_root: Path | None | bool = False   # False: not looked up yet
+
+    def _local_artifact_root(self) -> Path | None:
+        if self._artifact_root is False:
+            uri = self.client.get_run(self.run_id).info.artifact_uri
+            parsed = urllib.parse.urlparse(uri)
+            local = parsed.scheme == "file" or (parsed.scheme == "" and uri.startswith("/"))
+            self._artifact_root = Path(urllib.request.url2pathname(parsed.path)) if local else None
+        return self._artifact_root
+
+    def _put(self, path: Path, artifact_dir: str | None) -> None:
+        root = self._local_artifact_root()
+        if root is None:
+            self.client.log_artifact(self.run_id, str(path), artifact_dir)
+            return
+        target = (root / artifact_dir if artifact_dir else root) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{path.name}.", suffix=".partial")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, partial)
+            os.replace(partial, target)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
 
     @_timed
     def log_params(self, params: Mapping[str, str]) -> None:
@@ -195,22 +228,26 @@ class TrackedRun:
 
     @_timed
     def log_text(self, text: str, artifact_file: str) -> None:
-        """Write `text` to a private temporary file first, so a crash never leaves half an artifact."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name
             path.write_text(text, encoding="utf-8")
-            self.client.log_artifact(self.run_id, str(path), _parent(artifact_file))
+            self._put(path, _parent(artifact_file))
 
     def log_frame(self, frame, artifact_file: str) -> None:
         self.log_text(frame.to_csv(index=False), artifact_file)
 
     @_timed
     def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        self._put(Path(path), artifact_dir)
 
     @_timed
     def log_dir(self, path: str | Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(path), artifact_dir)
+        """Every file under `path`, at the same relative place under `artifact_dir`."""
+        folder = Path(path)
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            sub = file.parent.relative_to(folder).as_posix()
+            parts = [p for p in (artifact_dir, None if sub == "." else sub) if p]
+            self._put(file, "/".join(parts) or None)
 
 
 def _parent(artifact_file: str) -> str | None:
