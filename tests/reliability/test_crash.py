@@ -86,8 +86,8 @@ def test_sigkill_during_finetuning(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_during_simulation(tmp_path):
-    # every evaluation human of anes96 (844), one twin at a time: a simulation of several seconds
-    args = ("+experiment=quickstart", *SMALL, "finetune=none", "arms=[base]", "eval.n=null", "simulate.batch_size=1")
+    # 400 evaluation humans, one twin at a time: a simulation of several seconds
+    args = ("+experiment=quickstart", *SMALL, "finetune=none", "arms=[base]", "eval.n=400", "simulate.batch_size=1")
     db = tmp_path / "mlruns" / "mlflow.db"
     proc = _start(args, tmp_path)
     _kill_when(proc, db, "select 1 from params where key = 'model.n_parameters'")   # logged just before simulating
