@@ -133,6 +133,8 @@ def main() -> None:
     if not args.skip_ablations:
         batch1 = simulate(lm.model, renderer, twins, uniforms, batch_size=1)
         figures["ablation_batch_size_1_respondent_questions_per_s"] = round(len(twins) * n_q / batch1.seconds, 3)
+        unshared = simulate(lm.model, renderer, twins, uniforms, batch_size=args.batch_size, share_prefix=False)
+        figures["ablation_no_shared_prefix_respondent_questions_per_s"] = round(len(twins) * n_q / unshared.seconds, 3)
         figures["ablation_no_kv_reuse_respondent_questions_per_s"] = round(
             no_cache(lm.model, renderer, twins, uniforms, args.batch_size), 3)
     if args.compare_dtype:

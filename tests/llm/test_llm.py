@@ -96,6 +96,14 @@ def test_probabilities_are_exact_and_sum_to_one(study, base):
             direct = direct_probabilities(base.model, r, twins[i], result.answers[i][:j], j)
             np.testing.assert_allclose(result.probabilities[j][i], direct, atol=1e-5)
     assert result.tokens == sum(len(r.prompt_ids(t, a, 4)) for t, a in zip(twins, result.answers))
+    # the shared prefix (system prompt, intro) was in play, and reading it per twin changes nothing
+    from fidelity_exp.llm.engine import _shared_prefix
+
+    assert len(_shared_prefix(base.model, [r.prompt_ids(t, [], 0) for t in twins], base.device).ids) >= 8
+    unshared = simulate(base.model, r, twins, uniforms_for(len(twins), 5, 0), batch_size=5, share_prefix=False)
+    assert unshared.answers == result.answers and unshared.tokens == result.tokens
+    for j in range(5):
+        np.testing.assert_allclose(unshared.probabilities[j], result.probabilities[j], atol=1e-5)
 
 
 def test_the_interview_conditions_on_earlier_answers(study, base):

@@ -8,15 +8,19 @@ answers with one of the options). The twin's answer is drawn from these probabil
 `temperature`, by inverse CDF on a uniform fixed per (twin, question) in advance: every arm
 sees the same random stream, so arms differ only by the model.
 
-Speed (CPU-bound; see `benchmarks/`): twins are batched, sorted by prompt length; each twin's
-KV cache is kept between questions, so every token is read once; only the last position's
-logits are computed. Segments of different lengths are left-padded in the middle of the
-sequence, masked out, and positions continue from each twin's own token count.
+Speed (CPU-bound; see `benchmarks/`): the prefix every interview shares (system prompt,
+intro) is read once for all twins and its KV cache copied into each batch; twins are batched,
+sorted by prompt length; each twin's KV cache is kept between questions, so every token is read
+once; only the last position's logits are computed. Segments of different lengths are
+left-padded in the middle of the sequence, masked out, and positions continue from each twin's
+own token count.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -55,8 +59,9 @@ def option_probabilities(last_logits: torch.Tensor, option_tokens: Sequence[int]
 @torch.inference_mode()
 def simulate(model: Any, renderer: Renderer, twins: Sequence[Mapping[str, Any]], uniforms: np.ndarray, *,
              temperature: float = 1.0, batch_size: int = 16, pad_id: int | None = None,
-             progress: Callable[[int], None] | None = None) -> SimulationResult:
-    """Interview every twin (`twins`: their given columns) and return answers and probabilities."""
+             progress: Callable[[int], None] | None = None, share_prefix: bool = True) -> SimulationResult:
+    """Interview every twin (`twins`: their given columns) and return answers and probabilities.
+    `tokens` counts what the interviews need (the shared prefix once per twin), not what is computed."""
     import time
 
     spec = renderer.spec
@@ -68,24 +73,47 @@ def simulate(model: Any, renderer: Renderer, twins: Sequence[Mapping[str, Any]],
     first = [renderer.prompt_ids(t, [], 0) for t in twins]
     order = sorted(range(n), key=lambda i: len(first[i]))   # similar lengths together: less padding
     tokens, start = 0, time.perf_counter()
+    prefix = _shared_prefix(model, first, device) if share_prefix and n > 1 else None
     for lo in range(0, n, batch_size):
         rows = order[lo : lo + batch_size]
         tokens += _interview_batch(model, renderer, [twins[i] for i in rows], [first[i] for i in rows],
-                                   uniforms[rows], temperature, pad_id, device, rows, answers, probs)
+                                   uniforms[rows], temperature, pad_id, device, rows, answers, probs, prefix)
         if progress:
             progress(len(rows))
     return SimulationResult(answers, probs, tokens, time.perf_counter() - start)
 
 
+@dataclass
+class _Prefix:
+    ids: list[int]
+    cache: Any          # the model's KV cache of `ids`, batch 1
+
+
+def _shared_prefix(model, prompts: Sequence[list[int]], device) -> _Prefix | None:
+    """The tokens every first prompt starts with, read once (at least one token of each prompt stays
+    for its own segment)."""
+    ids = list(os.path.commonprefix(list(prompts)))[: min(map(len, prompts)) - 1]
+    if len(ids) < 8:
+        return None
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
+    return _Prefix(ids, out.cache if hasattr(out, "cache") else out.past_key_values)
+
+
 def _interview_batch(model, renderer, twins, first_prompts, uniforms, temperature, pad_id, device, rows,
-                     answers, probs) -> int:
+                     answers, probs, prefix: _Prefix | None = None) -> int:
     spec = renderer.spec
     b = len(twins)
     fed: list[list[int]] = [[] for _ in range(b)]          # tokens each twin's cache holds
     mask = torch.zeros((b, 0), dtype=torch.long, device=device)
     cache = None
-    mine: list[list[Any]] = [[] for _ in range(b)]
     read = 0
+    if prefix is not None:                                 # every twin's cache starts as the shared prefix
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(b)
+        fed = [list(prefix.ids) for _ in range(b)]
+        mask = torch.ones((b, len(prefix.ids)), dtype=torch.long, device=device)
+        read = b * len(prefix.ids)
+    mine: list[list[Any]] = [[] for _ in range(b)]
     for j, q in enumerate(spec.questions):
         prompts = first_prompts if j == 0 else [renderer.prompt_ids(t, a, j) for t, a in zip(twins, mine, strict=True)]
         segments = []
