@@ -160,6 +160,8 @@ CASES: dict[str, Case] = {
     "pilot_n_above_data": Case(lambda f: [*_study(f), "pilot.n=500"], ("pilot.n=500", "40 respondents")),
     "unknown_metric_family": Case(lambda f: [*_study(f), "metrics.families=[divergence,vibes]"],
                                   ("metrics.families", "vibes", "divergence")),
+    "unknown_score_component": Case(lambda f: [*_study(f), "metrics.score_components=[divergence/js/mean,vibes/x]"],
+                                    ("metrics.score_components", "vibes/x", "divergence/js/mean")),
     "unknown_arm": Case(lambda f: [*_study(f), "arms=[oracle]"], ("arms", "oracle", "tabular")),
     "unknown_model_preset": Case(lambda f: [*_study(f), "model=gpt5"], ("model", "gpt5", "smollm2_135m")),
     "unknown_config_key": Case(lambda f: [*_study(f), "pilot.size=3"], ("pilot.size",)),
