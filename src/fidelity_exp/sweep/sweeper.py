@@ -195,18 +195,17 @@ class OptunaSweep:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("sweeper_host") == self.host and not process_alive(t.user_attrs.get("sweeper_pid")):
                 log.warning("trial %d was interrupted (its sweep process is gone): running it again", t.number)
-                self.interrupt(t.number, t.params, t.user_attrs.get("mlflow_run_id"),
-                               "the sweep process ended before this trial finished")
+                self.interrupt(t.number, t.params, "the sweep process ended before this trial finished")
 
-    def interrupt(self, number: int, params: dict, run_id: str | None, reason: str) -> None:
+    def interrupt(self, number: int, params: dict, reason: str) -> None:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(
             self.storage.get_study_id_from_name(self.study.study_name), number)
         self.storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
         self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         self.study.enqueue_trial(params, user_attrs={"rerun_of": number})
         if self.runs:
-            for child in {run_id, *self.runs.unfinished_children(number)} - {None}:
-                self.runs.settle_child(child, f"interrupted: {reason}", status="KILLED")
+            for child in self.runs.unfinished_children(number):   # by tag: also a run whose id never reached
+                self.runs.settle_child(child, f"interrupted: {reason}", status="KILLED")   # the trial's attrs
 
     def ask(self) -> list:
         trials = self.study.get_trials(deepcopy=False)
@@ -238,8 +237,7 @@ class OptunaSweep:
             returns: list = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
         except KeyboardInterrupt:
             for trial in batch:
-                self.interrupt(trial.number, trial.params, trial.user_attrs.get("mlflow_run_id"),
-                               "the sweep was stopped (Ctrl-C)")
+                self.interrupt(trial.number, trial.params, "the sweep was stopped (Ctrl-C)")
             raise
         except Exception as e:  # the launcher itself failed (a worker died, a cluster refused the job)
             returns = [e] * len(batch)
