@@ -93,9 +93,9 @@ def _check_local_adapter(finetune_cfg: DictConfig) -> None:
         raise ConfigError("finetune.uri", None, "expected models:/<name>/<version>, runs:/<run id>/adapter or a "
                           "local adapter folder")
     uri = str(finetune_cfg.uri)
-    if "://" in uri or uri.startswith(("models:/", "runs:/")):
+    folder = adapters.local_folder(uri)
+    if folder is None:
         return
-    folder = resolve(uri)
     if not folder.is_dir():
         raise ConfigError("finetune.uri", uri, f"expected an adapter folder, MLflow models:/ or runs:/ URI; "
                           f"{str(folder)!r} is not a folder")

@@ -43,12 +43,21 @@ def log_and_register(tracked: Any, peft_model: Any, name: str) -> str:
     return str(version.version)
 
 
+def local_folder(uri: str) -> Path | None:
+    """The folder a `finetune.uri` names when it is a path (relative to the start directory), not
+    an MLflow URI (`models:/`, `runs:/`, `scheme://`)."""
+    from fidelity_exp.paths import resolve
+
+    return None if "://" in uri or uri.startswith(("models:/", "runs:/")) else resolve(uri)
+
+
 def download(uri: str, tracking_uri: str, dest: str | Path) -> Path:
     """Fetch an adapter directory from MLflow (`models:/...`, `runs:/...`) or take a local folder."""
     import mlflow
 
-    if Path(uri).is_dir():
-        return Path(uri)
+    folder = local_folder(uri)
+    if folder is not None and folder.is_dir():
+        return folder
     try:
         source = _registry_source(uri, tracking_uri) if uri.startswith("models:/") else uri
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=tracking_uri)
