@@ -10,11 +10,18 @@ option label), the text parsed back to an option; (c) ablations that each switch
 engine's levers off. Useful FLOP/s = 2 x parameters x the tokens an interview needs (each read
 once: no padding, no recomputation) / engine seconds, beside the dense matmul rate measured in
 the same run and dtype. The last line is one JSON object with the figures (also --out).
+
+It also measures how far any engine could go: `ratio_bound_at_matmul_peak` is the ratio an exact
+engine would reach if it read only the tokens no two twins share (a token's KV cache depends on
+everything before it, so only identical prefixes can be shared) with every weight matmul at the
+measured matmul rate and attention, norms and the rest free. The naive side is measured, so
+this is an upper bound on `ratio_vs_naive` for this model, study, twins and machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import time
 
@@ -29,10 +36,11 @@ from fidelity_exp.llm.interview import LETTERS, Renderer
 
 def naive(model, renderer: Renderer, twins, limit_s: float | None):
     """Per twin and question: full prompt, generate (batch 1, greedy), parse.
-    Returns (rq/s, unparsed answers, respondent-questions done, new tokens generated per question)."""
+    Returns (rq/s, unparsed answers, respondent-questions done, new tokens generated per question,
+    prompt tokens read per question)."""
     spec, tok = renderer.spec, renderer.tokenizer
     longest = max(len(tok.encode(text, add_special_tokens=False)) for q in spec.questions for text in q.options.values())
-    done, unparsed, generated, start = 0, 0, 0, time.perf_counter()
+    done, unparsed, generated, read, start = 0, 0, 0, 0, time.perf_counter()
     for twin in twins:
         answers: list = []
         for j, q in enumerate(spec.questions):
@@ -42,12 +50,13 @@ def naive(model, renderer: Renderer, twins, limit_s: float | None):
                                      pad_token_id=tok.pad_token_id)
             text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
             generated += out.shape[1] - ids.shape[1]
+            read += ids.shape[1]
             answers.append(parse(text, q))
             unparsed += answers[-1] is None
             done += 1
         if limit_s and time.perf_counter() - start > limit_s:
             break
-    return done / (time.perf_counter() - start), unparsed, done, generated / max(done, 1)
+    return done / (time.perf_counter() - start), unparsed, done, generated / max(done, 1), read / max(done, 1)
 
 
 def parse(text: str, q):
@@ -88,7 +97,30 @@ def no_cache(model, renderer: Renderer, twins, uniforms, batch_size: int):
 
 
 def non_embedding(lm) -> int:
-    return lm.n_parameters - lm.model.get_input_embeddings().weight.numel()
+    """Parameters that do a matmul for every token read: all but the embedding table and (when it is
+    not tied to the table) the vocabulary projection, which the engine runs only at answer slots."""
+    table = lm.model.get_input_embeddings().weight
+    head = lm.model.get_output_embeddings().weight
+    untied = head.data_ptr() != table.data_ptr()
+    return lm.n_parameters - table.numel() - (head.numel() if untied else 0)
+
+
+def distinct_prefix_tokens(sequences) -> int:
+    """Tokens in the prefix tree of `sequences`: all tokens, less what each shares with its
+    neighbour in sorted order (the prefix tree's node count)."""
+    ordered = sorted(map(tuple, sequences))
+    return sum(map(len, ordered)) - sum(len(os.path.commonprefix([a, b])) for a, b in zip(ordered, ordered[1:]))
+
+
+def floor_seconds(lm, renderer: Renderer, twins, answers, matmul_rate: float) -> tuple[float, int]:
+    """The least time any exact engine needs for these interviews on this machine: the tokens no two
+    twins share, each through every weight matmul at the measured rate, plus the vocabulary
+    projection at each answer slot; attention and everything else free. Returns (seconds, tokens)."""
+    n_q = len(renderer.spec.questions)
+    interviews = [renderer.prompt_ids(t, a, n_q - 1) for t, a in zip(twins, answers, strict=True)]
+    tokens = distinct_prefix_tokens(interviews)
+    head = lm.model.get_output_embeddings().weight.numel()
+    return (2 * non_embedding(lm) * tokens + 2 * head * len(twins) * n_q) / matmul_rate, tokens
 
 
 def main() -> None:
@@ -115,7 +147,9 @@ def main() -> None:
     result = simulate(lm.model, renderer, twins, uniforms, batch_size=args.batch_size)
     engine_rq = len(twins) * n_q / result.seconds
     useful = 2 * lm.n_parameters * result.tokens / result.seconds
-    naive_rq, unparsed, naive_done, naive_new = naive(lm.model, renderer, twins, args.naive_limit_s)
+    naive_rq, unparsed, naive_done, naive_new, naive_read = naive(lm.model, renderer, twins, args.naive_limit_s)
+    floor_s, distinct = floor_seconds(lm, renderer, twins, result.answers, peak)
+    engine_tokens_per_rq = result.tokens / (len(twins) * n_q)
 
     figures = {
         "model": args.model, "study": args.study, "twins": len(twins), "questions": n_q, "dtype": str(lm.dtype),
@@ -123,6 +157,12 @@ def main() -> None:
         "engine_respondent_questions_per_s": round(engine_rq, 3), "naive_respondent_questions_per_s": round(naive_rq, 3),
         "ratio_vs_naive": round(engine_rq / naive_rq, 2), "naive_unparsed_answers": unparsed,
         "naive_respondent_questions": naive_done, "naive_new_tokens_per_question": round(naive_new, 2),
+        "naive_prompt_tokens_per_question": round(naive_read, 1),
+        # what the ratio is made of: tokens the naive way reads per token the engine reads, and each side's speed
+        "naive_tokens_per_engine_token": round((naive_read + naive_new) / engine_tokens_per_rq, 2),
+        "naive_frac_of_matmul_peak": round(2 * lm.n_parameters * (naive_read + naive_new) * naive_rq / peak, 3),
+        "distinct_prefix_tokens_per_respondent": round(distinct / len(twins), 1),
+        "ratio_bound_at_matmul_peak": round(len(twins) * n_q / floor_s / naive_rq, 2),
         "tokens_per_s": round(result.tokens / result.seconds, 1),
         "useful_tokens_per_respondent": round(result.tokens / len(twins), 1),
         "useful_flop_per_s": int(useful), "matmul_flop_per_s": int(peak),
@@ -149,7 +189,12 @@ def main() -> None:
           f"{len(twins)} twins x {n_q} questions")
     print(f"  engine: {engine_rq:.2f} respondent-questions/s ({figures['tokens_per_s']} tokens/s)")
     print(f"  naive generate-and-parse: {naive_rq:.3f} respondent-questions/s ({unparsed} of {naive_done} unparsed)")
-    print(f"  engine / naive = {figures['ratio_vs_naive']}x")
+    print(f"  engine / naive = {figures['ratio_vs_naive']}x; the naive way reads "
+          f"{figures['naive_tokens_per_engine_token']}x the engine's tokens, at "
+          f"{figures['naive_frac_of_matmul_peak']:.0%} of the matmul rate")
+    print(f"  bound: an exact engine reading only the {figures['distinct_prefix_tokens_per_respondent']} tokens per "
+          f"twin no two twins share, at the full matmul rate with attention free, would be at most "
+          f"{figures['ratio_bound_at_matmul_peak']}x the naive way")
     print(f"  useful {useful / 1e9:.1f} GFLOP/s = {figures['frac_of_matmul_peak']:.0%} of the measured "
           f"{peak / 1e9:.1f} GFLOP/s matmul rate")
     for key, value in figures.items():

@@ -31,6 +31,18 @@ def test_simulate_benchmark(tmp_path):
                 "engine_respondent_questions_per_s", "naive_respondent_questions_per_s"):
         assert figures[key] > 0, key
     assert figures["naive_respondent_questions"] == 6 * 5 and figures["naive_new_tokens_per_question"] > 0
+    assert figures["ratio_bound_at_matmul_peak"] > 0 and figures["naive_tokens_per_engine_token"] > 1
+    assert 0 < figures["distinct_prefix_tokens_per_respondent"] <= figures["useful_tokens_per_respondent"]
+
+
+def test_distinct_prefix_tokens_counts_the_prefix_tree():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from simulate import distinct_prefix_tokens
+
+    # the tree of these: 1, 12, 123, 124, 15 (a repeated interview adds nothing)
+    assert distinct_prefix_tokens([[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3]]) == 5
+    assert distinct_prefix_tokens([[7, 8], [9]]) == 3
+    assert distinct_prefix_tokens([]) == 0
 
 
 @pytest.mark.slow
