@@ -30,7 +30,7 @@ import torch
 
 from common import finish, load, matmul_rate, peak_memory, study_and_split  # noqa: I001
 
-from fidelity_exp.llm.engine import option_probabilities, simulate, uniforms_for
+from fidelity_exp.llm.engine import GQA_SWITCH, option_probabilities, simulate, uniforms_for
 from fidelity_exp.llm.interview import LETTERS, Renderer
 
 
@@ -175,6 +175,11 @@ def main() -> None:
         figures["ablation_batch_size_1_respondent_questions_per_s"] = round(len(twins) * n_q / batch1.seconds, 3)
         unshared = simulate(lm.model, renderer, twins, uniforms, batch_size=args.batch_size, share_prefix=False)
         figures["ablation_no_shared_prefix_respondent_questions_per_s"] = round(len(twins) * n_q / unshared.seconds, 3)
+        os.environ[GQA_SWITCH] = "0"           # the engine leaves a user's own setting alone
+        copied = simulate(lm.model, renderer, twins, uniforms, batch_size=args.batch_size)
+        del os.environ[GQA_SWITCH]
+        figures["ablation_no_grouped_query_attention_respondent_questions_per_s"] = round(
+            len(twins) * n_q / copied.seconds, 3)
         figures["ablation_no_kv_reuse_respondent_questions_per_s"] = round(
             no_cache(lm.model, renderer, twins, uniforms, args.batch_size), 3)
     if args.compare_dtype:

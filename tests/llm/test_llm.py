@@ -4,6 +4,8 @@ adapter round trips through MLflow; one test loads the real SmolLM2 file."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -104,6 +106,36 @@ def test_probabilities_are_exact_and_sum_to_one(study, base):
     assert unshared.answers == result.answers and unshared.tokens == result.tokens
     for j in range(5):
         np.testing.assert_allclose(unshared.probabilities[j], result.probabilities[j], atol=1e-5)
+
+
+def test_grouped_query_attention_in_place_changes_nothing(study, base, monkeypatch):
+    """The engine lets SDPA read each key/value head in place for its query heads (the tiny model
+    has 2 for 4); with the heads copied, as transformers does by default under a mask, the
+    probabilities are the same, and a user's own setting of the switch is left alone."""
+    from fidelity_exp.llm.engine import GQA_SWITCH
+
+    assert base.model.config.num_key_value_heads < base.model.config.num_attention_heads
+    s, _ = study
+    r, twins = Renderer(s.spec, base.tokenizer), twins_of(study)
+    seen: list = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):                      # the real kernel, recording how masked calls were asked
+        if kwargs.get("attn_mask") is not None:
+            seen.append(kwargs.get("enable_gqa", False))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.delenv(GQA_SWITCH, raising=False)
+    in_place = simulate(base.model, r, twins, uniforms_for(len(twins), 5, 0), batch_size=5)
+    assert seen and all(seen) and GQA_SWITCH not in os.environ
+    seen.clear()
+    monkeypatch.setenv(GQA_SWITCH, "0")
+    copied = simulate(base.model, r, twins, uniforms_for(len(twins), 5, 0), batch_size=5)
+    assert seen and not any(seen) and os.environ[GQA_SWITCH] == "0"
+    assert copied.answers == in_place.answers
+    for j in range(5):
+        np.testing.assert_allclose(copied.probabilities[j], in_place.probabilities[j], atol=1e-5)
 
 
 def test_the_interview_conditions_on_earlier_answers(study, base):
