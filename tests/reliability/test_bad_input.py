@@ -7,7 +7,6 @@ had started must be FAILED with the reason as its `error` tag; most cases never 
 
 from __future__ import annotations
 
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 
 from ..conftest import tiny_frame, tiny_spec
 from ..test_cli import cli
+from .store import run_rows
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 FAST = ("arms=[pilot_resample,tabular]", "metrics.bootstrap=5", "metrics.reference_splits=2", "pilot.n=20")
@@ -184,11 +184,7 @@ CASES: dict[str, Case] = {
 def _runs(folder: Path) -> list[tuple[str, str | None]]:
     """(status, error tag) of every run in the case's store; [] when no store was created."""
     db = folder / "mlruns" / "mlflow.db"
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as con:
-        return con.execute("select r.status, t.value from runs r left join tags t "
-                           "on t.run_uuid = r.run_uuid and t.key = 'error'").fetchall()
+    return [(status, error) for _, status, error in run_rows(db)] if db.exists() else []
 
 
 @pytest.fixture(scope="module")

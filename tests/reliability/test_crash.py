@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,18 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from .store import query, run_rows
+
 SMALL = ("model=tiny_random", "metrics.bootstrap=5", "metrics.reference_splits=2")
-
-
-def _query(db: Path, sql: str, *args) -> list:
-    """Read the MLflow store as a second process would, while its writer may hold the lock."""
-    for _ in range(50):
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-                return con.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:   # not created yet, or locked for a moment
-            time.sleep(0.1)
-    raise AssertionError(f"cannot read {db}")
 
 
 def _start(args: tuple[str, ...], cwd: Path) -> subprocess.Popen:
@@ -39,7 +29,7 @@ def _kill_when(proc: subprocess.Popen, db: Path, sql: str, timeout: float = 240)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the command ended before the kill point:\n{proc.stderr.read()[-3000:]}"
-        if db.exists() and _query(db, sql):
+        if db.exists() and query(db, sql):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return
@@ -48,21 +38,16 @@ def _kill_when(proc: subprocess.Popen, db: Path, sql: str, timeout: float = 240)
     raise AssertionError("the kill point was never reached")
 
 
-def _runs(db: Path) -> list[tuple[str, str, str | None]]:
-    return _query(db, "select r.run_uuid, r.status, t.value from runs r left join tags t "
-                      "on t.run_uuid = r.run_uuid and t.key = 'error' order by r.start_time")
-
-
 def _metric_keys(db: Path, run_id: str) -> set[str]:
-    return {k for (k,) in _query(db, "select key from latest_metrics where run_uuid = ?", run_id)}
+    return {k for (k,) in query(db, "select key from latest_metrics where run_uuid = ?", run_id)}
 
 
 def _rerun_and_check(args, tmp_path: Path, db: Path, killed: str) -> None:
     done = subprocess.run([sys.executable, "-m", "fidelity_exp", *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _query(db, "pragma integrity_check") == [("ok",)]
-    runs = _runs(db)
+    assert query(db, "pragma integrity_check") == [("ok",)]
+    runs = run_rows(db)
     assert len(runs) == 2, runs
     (first, status, error), (second, status2, _) = runs
     assert first == killed and status == "FAILED" and error.startswith("interrupted: process"), runs[0]
@@ -76,9 +61,9 @@ def test_sigkill_during_finetuning(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     proc = _start(args, tmp_path)
     _kill_when(proc, db, "select 1 from metrics where key = 'train/loss'")
-    runs = _runs(db)
+    runs = run_rows(db)
     assert [r[1] for r in runs] == ["RUNNING"]           # SIGKILL gives the process no chance to mark its run
-    steps = _query(db, "select max(step) from metrics where key = 'train/loss'")[0][0]
+    steps = query(db, "select max(step) from metrics where key = 'train/loss'")[0][0]
     assert 1 <= steps < 60                               # killed in the middle of fine-tuning
     assert "perf/finetune_tokens_per_s" not in _metric_keys(db, runs[0][0])
     _rerun_and_check(args, tmp_path, db, killed=runs[0][0])
@@ -91,7 +76,7 @@ def test_sigkill_during_simulation(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     proc = _start(args, tmp_path)
     _kill_when(proc, db, "select 1 from params where key = 'model.n_parameters'")   # logged just before simulating
-    runs = _runs(db)
+    runs = run_rows(db)
     assert [r[1] for r in runs] == ["RUNNING"]
     assert not {k for k in _metric_keys(db, runs[0][0]) if k.startswith("perf/base/")}   # the arm had not finished
     _rerun_and_check(args, tmp_path, db, killed=runs[0][0])
