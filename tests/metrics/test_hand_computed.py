@@ -212,7 +212,7 @@ def test_registry_directions():
 def test_unknown_family_lists_the_known_ones():
     from fidelity_exp.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"metrics.families='diversity'.*divergence, heterogeneity"):
+    with pytest.raises(ConfigError, match=r"metrics.families='diversity'.*unknown metric family; known: .*divergence.*within_group"):
         Options(families=("diversity",))
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-FAMILIES = ("ols", "logit")
+GLMS = ("ols", "logit")   # the regression kinds (a spec's `family`) PPI++ is written for
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,8 @@ def ppi(family: str, X, y, X_hat, y_hat, X_unl, y_unl, *, alpha: float = 0.05, l
     models; their gradients are averaged per persona for the variance, so the persona, not the
     row, is the unit.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family {family!r}: expected one of {FAMILIES}")
+    if family not in GLMS:
+        raise ValueError(f"family {family!r}: expected one of {GLMS}")
     X, X_hat, X_unl = (np.asarray(a, float) for a in (X, X_hat, X_unl))
     y, y_hat, y_unl = (np.asarray(a, float) for a in (y, y_hat, y_unl))
     observed = X.shape == X_hat.shape and np.array_equal(X, X_hat)

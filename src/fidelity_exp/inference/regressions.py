@@ -26,14 +26,33 @@ import numpy as np
 import pandas as pd
 import patsy
 
-from fidelity_exp.inference.prediction_powered import Estimate, classical, effective_n, ppi
+from fidelity_exp.inference.prediction_powered import GLMS, Estimate, classical, effective_n, ppi
 from fidelity_exp.metrics.registry import clean
 from fidelity_exp.study.data import numeric_frame
 from fidelity_exp.study.spec import Regression, StudySpec
 from fidelity_exp.study.synthetic_file import PROB_SEP
 
-FAMILIES = ("ols", "logit")
+RECTIFIABLE = GLMS   # the regression kinds (a spec's `family`) rectified here
 PREDICTIONS = ("expected", "sampled")
+# The keys this module writes: `<estimator>/regression/<r>/...` and `truth/regression/<r>/<term>/coef`.
+ESTIMATORS = ("ppi", "pilot_only", "synthetic_only")
+TRUTH = "truth"
+PREFIXES = (*ESTIMATORS, TRUTH)
+
+
+def rectified_key(estimator: str, regression: str, *parts: str) -> str:
+    """E.g. rectified_key("ppi", "vote", "age", "ci_low") -> 'ppi/regression/vote/age/ci_low'."""
+    return "/".join([estimator, "regression", clean(regression), *parts])
+
+
+def truth_terms(keys) -> list[tuple[str, str, str]]:
+    """(regression, term, key) of every `truth/regression/<r>/<term>/coef` among `keys`."""
+    out = []
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 5 and parts[0] == TRUTH and parts[1] == "regression" and parts[4] == "coef":
+            out.append((parts[2], parts[3], key))
+    return sorted(out)
 
 
 @dataclass
@@ -72,14 +91,12 @@ def _complete(*arrays: np.ndarray) -> np.ndarray:
     return ok
 
 
-def _put(out: dict, prefix: str, terms: list[str], est: Estimate) -> None:
+def _put(out: dict, estimator: str, r: str, terms: list[str], est: Estimate) -> None:
     for k, term in enumerate(terms):
         t = clean(term)
-        out[f"{prefix}/{t}/coef"] = float(est.coef[k])
-        out[f"{prefix}/{t}/se"] = float(est.se[k])
-        out[f"{prefix}/{t}/ci_low"] = float(est.ci_low[k])
-        out[f"{prefix}/{t}/ci_high"] = float(est.ci_high[k])
-    out[f"{prefix}/width/mean"] = float(np.mean(est.width))
+        for what, values in (("coef", est.coef), ("se", est.se), ("ci_low", est.ci_low), ("ci_high", est.ci_high)):
+            out[rectified_key(estimator, r, t, what)] = float(values[k])
+    out[rectified_key(estimator, r, "width", "mean")] = float(np.mean(est.width))
 
 
 def rectified_regressions(spec: StudySpec, everyone: pd.DataFrame, pilot: pd.DataFrame, rectify: pd.DataFrame,
@@ -96,24 +113,24 @@ def rectified_regressions(spec: StudySpec, everyone: pd.DataFrame, pilot: pd.Dat
     env = patsy.EvalEnvironment([{"np": np}])
     for reg in spec.regressions:
         r = clean(reg.name)
-        if reg.family not in FAMILIES:
-            notes[f"ppi/regression/{r}/skipped"] = f"family {reg.family}: rectified estimates cover ols and logit"
+        if reg.family not in RECTIFIABLE:
+            notes[rectified_key("ppi", r, "skipped")] = f"family {reg.family}: rectified estimates cover ols and logit"
             continue
         try:
             y_all, X_all = patsy.dmatrices(reg.formula, human_all, NA_action="drop", eval_env=env,
                                            return_type="dataframe")
         except Exception as e:  # a formula these data cannot carry
-            notes[f"ppi/regression/{r}/skipped"] = f"cannot build the design: {e}"
+            notes[rectified_key("ppi", r, "skipped")] = f"cannot build the design: {e}"
             continue
         info = [y_all.design_info, X_all.design_info]
         terms = list(X_all.columns)
         truth = classical(reg.family, X_all.to_numpy(float), y_all.iloc[:, 0].to_numpy(float), alpha=alpha)
-        out.update({f"truth/regression/{r}/{clean(t)}/coef": float(c) for t, c in zip(terms, truth.coef)})
+        out.update({rectified_key(TRUTH, r, clean(t), "coef"): float(c) for t, c in zip(terms, truth.coef)})
 
         y_p, X_p = _matrices(info, numeric_frame(spec, pilot))
         ok = _complete(y_p, X_p)
         human = classical(reg.family, X_p[ok], y_p[ok], alpha=alpha)
-        _put(out, f"pilot_only/regression/{r}", terms, human)
+        _put(out, "pilot_only", r, terms, human)
 
         y_l, X_l = _matrices(info, numeric_frame(spec, rectify.loc[twins.labelled.twin_of]))
         y_h, X_h = _matrices(info, _numeric_twins(spec, twins.labelled, reg, predictions))
@@ -123,16 +140,15 @@ def rectified_regressions(spec: StudySpec, everyone: pd.DataFrame, pilot: pd.Dat
         groups = np.concatenate([np.arange(len(u[0])) for u in unl])
         ok_l, ok_u = _complete(y_l, X_l, y_h, X_h), _complete(y_u, X_u)
         synthetic = classical(reg.family, unl[0][1][_complete(*unl[0])], unl[0][0][_complete(*unl[0])], alpha=alpha)
-        _put(out, f"synthetic_only/regression/{r}", terms, synthetic)
+        _put(out, "synthetic_only", r, terms, synthetic)
         est = ppi(reg.family, X_l[ok_l], y_l[ok_l], X_h[ok_l], y_h[ok_l], X_u[ok_u], y_u[ok_u], alpha=alpha,
                   groups=groups[ok_u] if len(unl) > 1 else None)
-        prefix = f"ppi/regression/{r}"
-        _put(out, prefix, terms, est)
+        _put(out, "ppi", r, terms, est)
         gain = effective_n(est, human)
-        out.update({f"{prefix}/{clean(t)}/effective_n": float(g) for t, g in zip(terms, gain)})
-        out[f"{prefix}/effective_n/median"] = float(np.median(gain))
-        out[f"{prefix}/lambda"] = est.lam
-        out[f"{prefix}/n_rectify"] = float(est.n)
-        out[f"{prefix}/n_unlabelled"] = float(len(np.unique(groups[ok_u])))
-        out[f"pilot_only/regression/{r}/n"] = float(human.n)
+        out.update({rectified_key("ppi", r, clean(t), "effective_n"): float(g) for t, g in zip(terms, gain)})
+        out[rectified_key("ppi", r, "effective_n", "median")] = float(np.median(gain))
+        out[rectified_key("ppi", r, "lambda")] = est.lam
+        out[rectified_key("ppi", r, "n_rectify")] = float(est.n)
+        out[rectified_key("ppi", r, "n_unlabelled")] = float(len(np.unique(groups[ok_u])))
+        out[rectified_key("pilot_only", r, "n")] = float(human.n)
     return out, notes

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from fidelity_exp.metrics.encoded import Encoded
-from fidelity_exp.metrics.registry import FamilyResult, KeyInfo, clean, register
+from fidelity_exp.metrics.registry import LOWER, Component, FamilyResult, KeyInfo, clean, register
 
 
 def _numeric(enc: Encoded, column: str) -> np.ndarray:
@@ -50,12 +50,15 @@ def gap_rate_rows(enc: Encoded, pair, idx: np.ndarray) -> np.ndarray:
 
 @register(
     "coherence",
-    KeyInfo("coherence/*/spearman/human", higher_is_better=None, bounds=(-1, 1)),
-    KeyInfo("coherence/*/spearman/synthetic", higher_is_better=None, bounds=(-1, 1)),
-    KeyInfo("coherence/*/spearman/abs_diff", higher_is_better=False, bounds=(0, 2), identical=0.0, symmetric=True),
-    KeyInfo("coherence/*/gap_rate/human", higher_is_better=None, bounds=(0, 1)),
-    KeyInfo("coherence/*/gap_rate/synthetic", higher_is_better=None, bounds=(0, 1)),
-    KeyInfo("coherence/*/gap_rate/abs_diff", higher_is_better=False, bounds=(0, 1), identical=0.0, symmetric=True),
+    KeyInfo("coherence/*/spearman/human", bounds=(-1, 1)),
+    KeyInfo("coherence/*/spearman/synthetic", bounds=(-1, 1)),
+    KeyInfo("coherence/*/spearman/abs_diff", better=LOWER, bounds=(0, 2), identical=0.0, symmetric=True,
+            aggregate=True, headline=True, curve=True),
+    KeyInfo("coherence/*/gap_rate/human", bounds=(0, 1)),
+    KeyInfo("coherence/*/gap_rate/synthetic", bounds=(0, 1)),
+    KeyInfo("coherence/*/gap_rate/abs_diff", better=LOWER, bounds=(0, 1), identical=0.0, symmetric=True,
+            aggregate=True, headline=True),
+    components=[Component("coherence/spearman/abs_diff", "coherence/*/spearman/abs_diff", position=4)],   # mean over pairs
 )
 def coherence(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     out: dict[str, np.ndarray] = {}

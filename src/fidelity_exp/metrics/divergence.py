@@ -11,7 +11,7 @@ import pandas as pd
 from scipy.special import rel_entr
 
 from fidelity_exp.metrics.encoded import Encoded, option_counts
-from fidelity_exp.metrics.registry import FamilyResult, KeyInfo, clean, register
+from fidelity_exp.metrics.registry import LOWER, Component, FamilyResult, KeyInfo, clean, register
 from fidelity_exp.study.spec import Question
 
 
@@ -56,11 +56,18 @@ def nanmean_rows(columns: list[np.ndarray], batch: int) -> np.ndarray:
         return np.where(n > 0, np.nansum(stacked, axis=1) / n, np.nan)
 
 
+_DISTANCE = dict(better=LOWER, bounds=(0, 1), identical=0.0, symmetric=True)
+
+
 @register(
     "divergence",
-    KeyInfo("divergence/js/*", higher_is_better=False, bounds=(0, 1), identical=0.0, symmetric=True),
-    KeyInfo("divergence/tvd/*", higher_is_better=False, bounds=(0, 1), identical=0.0, symmetric=True),
-    KeyInfo("divergence/w1/*", higher_is_better=False, bounds=(0, 1), identical=0.0, symmetric=True),
+    KeyInfo("divergence/js/mean", **_DISTANCE, aggregate=True, headline=True, curve=True),
+    KeyInfo("divergence/tvd/mean", **_DISTANCE, aggregate=True, headline=True),
+    KeyInfo("divergence/w1/mean", **_DISTANCE, aggregate=True, headline=True),
+    KeyInfo("divergence/js/*", **_DISTANCE),
+    KeyInfo("divergence/tvd/*", **_DISTANCE),
+    KeyInfo("divergence/w1/*", **_DISTANCE),
+    components=[Component("divergence/js/mean", "divergence/js/mean", position=1)],
 )
 def divergence(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     out: dict[str, np.ndarray] = {}

@@ -7,7 +7,7 @@ from scipy.stats import entropy as shannon
 
 from fidelity_exp.metrics.divergence import nanmean_rows
 from fidelity_exp.metrics.encoded import Encoded, moments, option_counts
-from fidelity_exp.metrics.registry import FamilyResult, KeyInfo, clean, register
+from fidelity_exp.metrics.registry import ONE, Component, FamilyResult, KeyInfo, clean, register
 
 
 def distinct_per_row(ids: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -35,14 +35,21 @@ def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(den) & (den != 0), num / den, np.nan)
 
 
+_RATIO = dict(better=ONE, bounds=(0, np.inf), identical=1.0)
+
+
 @register(
     "heterogeneity",
-    KeyInfo("heterogeneity/unique_profiles/human", higher_is_better=None, bounds=(0, np.inf)),
-    KeyInfo("heterogeneity/unique_profiles/synthetic", higher_is_better=None, bounds=(0, np.inf)),
-    KeyInfo("heterogeneity/unique_profiles/ratio", higher_is_better=None, bounds=(0, np.inf), identical=1.0),
-    KeyInfo("heterogeneity/entropy/*", higher_is_better=None, bounds=(0, 1)),
-    KeyInfo("heterogeneity/entropy_ratio/mean", higher_is_better=None, bounds=(0, np.inf), identical=1.0),
-    KeyInfo("heterogeneity/sd_ratio/*", higher_is_better=None, bounds=(0, np.inf), identical=1.0),
+    KeyInfo("heterogeneity/unique_profiles/human", bounds=(0, np.inf)),
+    KeyInfo("heterogeneity/unique_profiles/synthetic", bounds=(0, np.inf)),
+    KeyInfo("heterogeneity/unique_profiles/ratio", **_RATIO, aggregate=True, headline=True),
+    KeyInfo("heterogeneity/entropy/*", bounds=(0, 1)),
+    KeyInfo("heterogeneity/entropy_ratio/mean", **_RATIO, aggregate=True, headline=True, curve=True),
+    KeyInfo("heterogeneity/sd_ratio/mean", **_RATIO, aggregate=True, headline=True),
+    KeyInfo("heterogeneity/sd_ratio/*", **_RATIO),
+    # |1 - ratio| capped at 1
+    components=[Component("heterogeneity/unique_profiles/ratio", "heterogeneity/unique_profiles/ratio",
+                          lambda r: np.minimum(np.abs(1 - r), 1.0), position=3)],
 )
 def heterogeneity(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     out: dict[str, np.ndarray] = {}

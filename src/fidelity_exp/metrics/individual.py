@@ -6,7 +6,7 @@ import numpy as np
 
 from fidelity_exp.metrics.divergence import nanmean_rows
 from fidelity_exp.metrics.encoded import Encoded
-from fidelity_exp.metrics.registry import FamilyResult, KeyInfo, clean, register
+from fidelity_exp.metrics.registry import HIGHER, FamilyResult, KeyInfo, clean, register
 
 
 def twin_rows(h: Encoded, s: Encoded) -> np.ndarray | None:
@@ -16,10 +16,14 @@ def twin_rows(h: Encoded, s: Encoded) -> np.ndarray | None:
     return h.frame.index.get_indexer(s.frame["twin_of"].to_numpy())
 
 
+# A swap of a twin's answers with its human's leaves accuracy unchanged: no swap test (section 10).
+_ACCURACY = dict(better=HIGHER, bounds=(0, 1), identical=1.0, swap_invariant=True)
+
+
 @register(
     "individual",
-    KeyInfo("individual/*/accuracy", higher_is_better=True, bounds=(0, 1), identical=1.0),
-    KeyInfo("individual/accuracy/mean", higher_is_better=True, bounds=(0, 1), identical=1.0),
+    KeyInfo("individual/accuracy/mean", **_ACCURACY, aggregate=True, headline=True, curve=True),
+    KeyInfo("individual/*/accuracy", **_ACCURACY),
 )
 def individual(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     """Share of twins whose answer equals their human's, over twins where both answered.

@@ -1,7 +1,15 @@
-"""The metric registry: families by name, and what each key means (direction, range).
+"""The metric registry: families by name, and what every key they produce means.
 
-`conf/metrics/*.yaml` lists families by name; an unknown name lists the known ones. Sweep
-directions come from `higher_is_better(key)`, read off this registry, never a second list.
+Each family module registers its function with the keys it produces (`KeyInfo`: a pattern, its
+better direction, bounds, the value on identical data, its role) and the `fidelity_score`
+components it contributes (`Component`). Everything else is derived from these declarations and
+never written a second time: which keys get bootstrap intervals, a human reference and the swap
+tests (the aggregates), the report's rows (headline keys), the sweep's pilot-size curve (curve
+keys), the score's components and their default, and the sweep direction of an objective.
+
+The key conventions around a metric key also live here, and only here: the arm prefix
+(`<arm>/<key>`), the interval suffixes (`<key>/ci_low`, `<key>/ci_high`), the human reference
+(`reference/human_split/<key>`), and how a question, level or term is written in a key (`clean`).
 """
 
 from __future__ import annotations
@@ -9,22 +17,70 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
-from fidelity_exp.errors import ConfigError
+from fidelity_exp.registry import Registry
+
+# What "better" means for a key (METRICS.md section 10): lower, higher, or closest to 1.
+LOWER, HIGHER, ONE = "lower", "higher", "one"
 
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """What a family's keys matching `pattern` (fnmatch, arm prefix removed) mean."""
+    """What the keys matching `pattern` (fnmatch, arm prefix removed; `*` matches `/` too) mean.
+
+    Roles: every key is per-item (one question, level, pair or term) unless `aggregate`; an
+    aggregate gets a 95% interval, the human reference and the tests against humans; a
+    `headline` aggregate is a row of the report; a `curve` one a panel of the sweep's curve.
+    """
 
     pattern: str
-    higher_is_better: bool | None   # None: a descriptive value with no better direction
+    better: str | None = None       # LOWER, HIGHER, ONE, or None: a descriptive value
     bounds: tuple[float, float] = (-np.inf, np.inf)
     identical: float | None = None  # the value when human and synthetic are the same data
     symmetric: bool = False         # unchanged when human and synthetic swap places
+    aggregate: bool = False
+    headline: bool = False
+    curve: bool = False
+    swap_invariant: bool = False    # swapping a twin's answers with its human's leaves it unchanged
+
+    def __post_init__(self) -> None:
+        if self.better not in (None, LOWER, HIGHER, ONE):
+            raise ValueError(f"KeyInfo {self.pattern!r}: better={self.better!r}, expected lower, higher, one or None")
+        if (self.headline or self.curve) and not self.aggregate:
+            raise ValueError(f"KeyInfo {self.pattern!r}: a headline or curve key must be an aggregate")
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        """For a sweep direction: True/False, None when the key has no monotone better side."""
+        return {LOWER: False, HIGHER: True}.get(self.better)
+
+    def badness(self, value: np.ndarray) -> np.ndarray:
+        """How far from best, increasing (for tests: 'at least as bad as')."""
+        if self.better == LOWER:
+            return value
+        if self.better == HIGHER:
+            return -value
+        if self.better == ONE:
+            return np.abs(value - 1.0)
+        raise ValueError(f"{self.pattern} has no better direction")
+
+    def matches(self, key: str) -> bool:
+        return fnmatch.fnmatchcase(key, self.pattern)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A `fidelity_score` component: the mean over the keys matching `pattern` of `transform(value)`,
+    one number in [0, 1] per batch row, lower better (METRICS.md section 9)."""
+
+    name: str
+    pattern: str
+    transform: Callable[[np.ndarray], np.ndarray] = lambda x: x
+    default: bool = True   # part of the score unless the config lists its own components
+    position: int = 99     # its place in the default list (METRICS.md section 9's order: the order summed in)
 
 
 @dataclass
@@ -38,40 +94,106 @@ class Family:
     name: str
     fn: Callable[..., FamilyResult]
     keys: tuple[KeyInfo, ...]
+    components: tuple[Component, ...] = ()
 
 
-FAMILIES: dict[str, Family] = {}
-_SCORE_INFO = KeyInfo("fidelity_score", higher_is_better=False, bounds=(0, 1), identical=0.0)
+FAMILIES: Registry[Family] = Registry("metric family", key="metrics.families")
+COMPONENTS: Registry[Component] = Registry("fidelity_score component", key="metrics.score_components")
+DERIVED: list[KeyInfo] = []   # keys computed from the families' keys (fidelity_score)
+_CACHE: dict[str, KeyInfo | None] = {}   # unprefixed key -> its declaration; emptied on every change
 
 
-def register(name: str, *keys: KeyInfo):
+def register(name: str, *keys: KeyInfo, components: Iterable[Component] = ()):
+    """Register a metric family: `fn(h, hi, s, si, ctx) -> FamilyResult` and its keys."""
     def wrap(fn):
-        FAMILIES[name] = Family(name, fn, tuple(keys))
+        FAMILIES.register(name, Family(name, fn, tuple(keys), tuple(components)))
+        _CACHE.clear()
+        for c in components:
+            COMPONENTS.register(c.name, c)
         return fn
 
     return wrap
 
 
-def check_families(names) -> list[str]:
-    names = list(names)
-    for name in names:
-        if name not in FAMILIES:
-            raise ConfigError("metrics.families", name, f"unknown metric family (known: {', '.join(FAMILIES)})")
-    return names
+def unregister(name: str) -> None:
+    """Remove a family and its components (tests register throwaway families)."""
+    family = FAMILIES[name]
+    for c in family.components:
+        COMPONENTS.unregister(c.name)
+    FAMILIES.unregister(name)
+    _CACHE.clear()
+
+
+def register_derived(info: KeyInfo) -> KeyInfo:
+    DERIVED.append(info)
+    _CACHE.clear()
+    return info
+
+
+def default_components() -> tuple[str, ...]:
+    """The default components in METRICS.md section 9's order, whatever order the families were imported in."""
+    return tuple(name for name, c in sorted(COMPONENTS.items(), key=lambda item: item[1].position) if c.default)
+
+
+# --- key conventions ----------------------------------------------------------------------
+
+REFERENCE = "reference/human_split"
+INTERVAL = ("ci_low", "ci_high")
+
+
+def clean(name: object) -> str:
+    """A question, level or term as written in keys: characters outside [A-Za-z0-9_.-] become _."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
+
+
+def arm_key(arm: str, key: str) -> str:
+    return f"{arm}/{key}"
+
+
+def prefixed(arm: str, values: dict) -> dict:
+    return {arm_key(arm, k): v for k, v in values.items()}
+
+
+def interval_keys(key: str) -> tuple[str, str]:
+    return f"{key}/{INTERVAL[0]}", f"{key}/{INTERVAL[1]}"
+
+
+def reference_key(key: str) -> str:
+    return f"{REFERENCE}/{key}"
+
+
+_SUFFIX = re.compile(rf"/({'|'.join(INTERVAL)})$")
+
+
+def bare_key(key: str) -> str:
+    """A key without the interval suffix and the reference prefix (the arm prefix stays)."""
+    return _SUFFIX.sub("", key).removeprefix(f"{REFERENCE}/")
+
+
+# --- what a key means ---------------------------------------------------------------------
+
+
+def _declared() -> Iterable[KeyInfo]:
+    yield from DERIVED
+    for family in FAMILIES.values():
+        yield from family.keys
 
 
 def key_info(key: str) -> KeyInfo | None:
-    """The registry entry of a key (arm prefix, reference prefix and /ci_* suffixes removed)."""
-    bare = re.sub(r"/ci_(low|high)$", "", key)
-    bare = bare.removeprefix("reference/human_split/")
+    """The declaration of a key, with or without its arm prefix (and reference/interval parts)."""
+    bare = bare_key(key)
     candidates = [bare, bare.split("/", 1)[1] if "/" in bare else bare]
-    if "fidelity_score" in candidates:
-        return _SCORE_INFO
-    for family in FAMILIES.values():
-        for info in family.keys:
-            if any(fnmatch.fnmatchcase(c, info.pattern) for c in candidates):
-                return info
+    for info in _declared():
+        if any(info.matches(c) for c in candidates):
+            return info
     return None
+
+
+def unprefixed_info(key: str) -> KeyInfo | None:
+    """The declaration of a key written without an arm prefix (no guessing which part is the arm)."""
+    if key not in _CACHE:
+        _CACHE[key] = next((info for info in _declared() if info.matches(key)), None)
+    return _CACHE[key]
 
 
 def higher_is_better(key: str) -> bool | None:
@@ -82,15 +204,40 @@ def higher_is_better(key: str) -> bool | None:
     return info.higher_is_better
 
 
-def clean(name: object) -> str:
-    """A question, level or term as written in keys: characters outside [A-Za-z0-9_.-] become _."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
-
-
-AGGREGATE = re.compile(r"(/mean|/max|/gap|/ratio|/variance_ratio|abs_diff|/sign_agreement|/sig_diff_rate"
-                       r"|/ci_coverage|/sign_f1|/false_positive_rate)$")
-
-
 def is_aggregate(key: str) -> bool:
-    """Aggregates get bootstrap intervals and a human split-half reference (METRICS.md section 8)."""
-    return bool(AGGREGATE.search(key)) or key == "fidelity_score"
+    """Aggregates get intervals, the human reference and the tests (METRICS.md sections 8, 10, 11)."""
+    info = unprefixed_info(key)
+    return info is not None and info.aggregate
+
+
+def _pick(keys: Iterable[str], want: Callable[[KeyInfo], bool], first_only: bool) -> list[str]:
+    info_of = {k: unprefixed_info(k) for k in keys}
+    out: list[str] = []
+    for info in _declared():
+        if want(info):
+            found = [k for k, i in info_of.items() if i is info]
+            out += sorted(found)[:1] if first_only else found
+    return out
+
+
+def headline_keys(keys: Iterable[str]) -> list[str]:
+    """The report's rows among `keys` (unprefixed), in declaration order."""
+    return _pick(keys, lambda i: i.headline, first_only=False)
+
+
+def curve_keys(keys: Iterable[str]) -> list[str]:
+    """The sweep curve's panels among `keys` (unprefixed): one key per curve declaration."""
+    return _pick(keys, lambda i: i.curve, first_only=True)
+
+
+def component_keys(keys: Iterable[str], components: Iterable[str]) -> list[str]:
+    """The keys (unprefixed) the given score components are made of."""
+    patterns = [COMPONENTS[c].pattern for c in components]
+    return [k for k in keys if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
+
+
+def direction_words(key: str) -> str:
+    info = key_info(key)
+    if info is None or info.better is None:
+        return ""
+    return {LOWER: "lower better", HIGHER: "higher better", ONE: "best 1"}[info.better]

@@ -20,11 +20,12 @@ from statsmodels.tools.sm_exceptions import (
 )
 
 from fidelity_exp.metrics.encoded import Encoded
-from fidelity_exp.metrics.registry import FamilyResult, KeyInfo, clean, register
+from fidelity_exp.metrics.registry import HIGHER, LOWER, Component, FamilyResult, KeyInfo, clean, register
 from fidelity_exp.study.data import numeric_frame
 from fidelity_exp.study.spec import Regression
 
-Z_CRIT = 1.959964  # two-sided 5% normal critical value, as METRICS.md fixes it
+Z_CRIT = 1.959964  # two-sided 5% normal critical value, as METRICS.md fixes it (the report's bars use it too)
+AGGREGATES = ("sign_agreement", "sig_diff_rate", "ci_coverage", "sign_f1", "false_positive_rate")
 MODELS = {"ols": sm.OLS, "logit": sm.Logit, "probit": sm.Probit, "mnlogit": sm.MNLogit}
 
 
@@ -135,7 +136,7 @@ def compare(fh: Fit, fs: Fit, alpha: float) -> tuple[dict[str, float], dict[str,
             y = np.sign(bh) if fh.p[t] < alpha else 0.0
             yhat = np.sign(bs) if fs.p[t] < alpha else 0.0
             rows.append((agree, abs(z) > Z_CRIT, fs.low[t] <= bh <= fs.high[t], y, yhat))
-    agg = dict.fromkeys(("sign_agreement", "sig_diff_rate", "ci_coverage", "sign_f1", "false_positive_rate"), np.nan)
+    agg = dict.fromkeys(AGGREGATES, np.nan)
     if rows:
         a = np.array(rows, dtype=float)
         agg["sign_agreement"], agg["sig_diff_rate"], agg["ci_coverage"] = a[:, 0].mean(), a[:, 1].mean(), a[:, 2].mean()
@@ -150,18 +151,34 @@ def compare(fh: Fit, fs: Fit, alpha: float) -> tuple[dict[str, float], dict[str,
     return per, agg
 
 
+def term_key(regression: str, term: str, what: str, side: str | None = None) -> str:
+    """The key of one term's value, e.g. term_key("vote", "age", "coef", "human") (the report's forest plot)."""
+    return f"regression/{clean(regression)}/{clean(term)}/{what}" + (f"/{side}" if side else "")
+
+
+def terms_in(metrics: dict, prefix: str, regression: str) -> list[str]:
+    """The (clean) non-intercept terms of a regression among `<prefix>/regression/<r>/<term>/coef/human` keys."""
+    head, tail = f"{prefix}/regression/{clean(regression)}/", "/coef/human"
+    terms = sorted({k[len(head):-len(tail)] for k in metrics if k.startswith(head) and k.endswith(tail)})
+    return [t for t in terms if t != "Intercept"]
+
+
+_SHARE = dict(bounds=(0, 1), aggregate=True)
+
+
 @register(
     "regression",
-    KeyInfo("regression/*/coef/*", higher_is_better=None),
-    KeyInfo("regression/*/se/*", higher_is_better=None, bounds=(0, np.inf)),
-    KeyInfo("regression/*/z_diff", higher_is_better=None, identical=0.0),
-    KeyInfo("regression/*/sign_agree", higher_is_better=True, bounds=(0, 1), identical=1.0, symmetric=True),
-    KeyInfo("regression/*/ci_overlap", higher_is_better=True, bounds=(0, 1), identical=1.0, symmetric=True),
-    KeyInfo("regression/*/sign_agreement", higher_is_better=True, bounds=(0, 1), identical=1.0, symmetric=True),
-    KeyInfo("regression/*/sig_diff_rate", higher_is_better=False, bounds=(0, 1), identical=0.0, symmetric=True),
-    KeyInfo("regression/*/ci_coverage", higher_is_better=True, bounds=(0, 1), identical=1.0),
-    KeyInfo("regression/*/sign_f1", higher_is_better=True, bounds=(0, 1), identical=1.0),
-    KeyInfo("regression/*/false_positive_rate", higher_is_better=False, bounds=(0, 1), identical=0.0),
+    KeyInfo("regression/*/sign_f1", better=HIGHER, identical=1.0, **_SHARE, headline=True, curve=True),
+    KeyInfo("regression/*/sign_agreement", better=HIGHER, identical=1.0, symmetric=True, **_SHARE, headline=True),
+    KeyInfo("regression/*/ci_coverage", better=HIGHER, identical=1.0, **_SHARE, headline=True),
+    KeyInfo("regression/*/sig_diff_rate", better=LOWER, identical=0.0, symmetric=True, **_SHARE, headline=True),
+    KeyInfo("regression/*/false_positive_rate", better=LOWER, identical=0.0, **_SHARE),
+    KeyInfo("regression/*/coef/*"),
+    KeyInfo("regression/*/se/*", bounds=(0, np.inf)),
+    KeyInfo("regression/*/z_diff", identical=0.0),
+    KeyInfo("regression/*/sign_agree", better=HIGHER, bounds=(0, 1), identical=1.0, symmetric=True),
+    KeyInfo("regression/*/ci_overlap", better=HIGHER, bounds=(0, 1), identical=1.0, symmetric=True),
+    components=[Component("regression/sign_f1", "regression/*/sign_f1", lambda f1: 1 - f1, position=5)],   # mean over regressions
 )
 def regression(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     B = hi.shape[0]
@@ -197,7 +214,7 @@ def regression(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> 
             row.update(agg)
             for k, v in row.items():
                 out.setdefault(f"regression/{r}/{k}", np.full(B, np.nan))[b] = v
-        for k in ("sign_agreement", "sig_diff_rate", "ci_coverage", "sign_f1", "false_positive_rate"):
+        for k in AGGREGATES:
             out.setdefault(f"regression/{r}/{k}", np.full(B, np.nan))
     return FamilyResult(out, notes)
 

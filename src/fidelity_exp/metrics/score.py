@@ -1,7 +1,8 @@
 """`fidelity_score`, the sweep objective (METRICS.md section 9): lower is better.
 
-Each component maps the metric values to one number per batch row; the score is the mean of
-the defined components. `conf/metrics/*.yaml` lists the components by name.
+Each family declares the components it contributes (`registry.Component`); the score is the mean
+of the defined components, each one number per batch row. `conf/metrics/*.yaml` lists the
+components by name (null: the declared defaults).
 """
 
 from __future__ import annotations
@@ -10,37 +11,24 @@ import fnmatch
 
 import numpy as np
 
-from fidelity_exp.errors import ConfigError
 from fidelity_exp.metrics.divergence import nanmean_rows
+from fidelity_exp.metrics.registry import COMPONENTS, LOWER, KeyInfo, default_components, register_derived
 
-
-def _mean_of(pattern: str, transform=lambda x: x):
-    def component(values: dict[str, np.ndarray], batch: int) -> np.ndarray:
-        cols = [transform(v) for k, v in values.items() if fnmatch.fnmatchcase(k, pattern)]
-        return nanmean_rows(cols, batch)
-
-    return component
-
-
-COMPONENTS = {
-    "divergence/js/mean": _mean_of("divergence/js/mean"),
-    "subgroup/js/mean": _mean_of("subgroup/*/js/mean"),                                # mean over subgroups
-    "heterogeneity/unique_profiles/ratio": _mean_of("heterogeneity/unique_profiles/ratio",
-                                                    lambda r: np.minimum(np.abs(1 - r), 1.0)),
-    "coherence/spearman/abs_diff": _mean_of("coherence/*/spearman/abs_diff"),          # mean over pairs
-    "regression/sign_f1": _mean_of("regression/*/sign_f1", lambda f1: 1 - f1),         # mean over regressions
-}
+SCORE = "fidelity_score"
+register_derived(KeyInfo(SCORE, better=LOWER, bounds=(0, 1), identical=0.0, aggregate=True, headline=True,
+                         curve=True))
 
 
 def check_components(names) -> list[str]:
-    names = list(names)
-    for name in names:
-        if name not in COMPONENTS:
-            raise ConfigError("metrics.score_components", name,
-                              f"unknown fidelity_score component (known: {', '.join(COMPONENTS)})")
-    return names
+    return COMPONENTS.check(default_components() if names is None else names)
+
+
+def component_values(values: dict[str, np.ndarray], name: str, batch: int) -> np.ndarray:
+    """(B,) one component: the mean over its keys of the transformed values."""
+    c = COMPONENTS[name]
+    return nanmean_rows([c.transform(v) for k, v in values.items() if fnmatch.fnmatchcase(k, c.pattern)], batch)
 
 
 def fidelity_score(values: dict[str, np.ndarray], components, batch: int) -> np.ndarray:
     """(B,) mean of the defined components; NaN when none is defined."""
-    return nanmean_rows([COMPONENTS[c](values, batch) for c in components], batch)
+    return nanmean_rows([component_values(values, c, batch) for c in components], batch)

@@ -14,7 +14,7 @@ import numpy as np
 from fidelity_exp.metrics.divergence import js_from_counts, nanmean_rows
 from fidelity_exp.metrics.encoded import Encoded, level_option_counts, level_sizes, moments
 from fidelity_exp.metrics.heterogeneity import ratio
-from fidelity_exp.metrics.registry import FamilyResult, KeyInfo, clean, register
+from fidelity_exp.metrics.registry import LOWER, ONE, Component, FamilyResult, KeyInfo, clean, register
 
 
 def reduce_rows(x: np.ndarray, fn) -> np.ndarray:
@@ -28,13 +28,23 @@ def _questions(h: Encoded, sg):
     return [(j, q) for j, q in enumerate(h.spec.questions) if q.column != sg.column]
 
 
+_JS = dict(better=LOWER, bounds=(0, 1), identical=0.0)
+
+
+def level_key(subgroup: str, level: str) -> str:
+    """The key of one level's JS distance (the report's per-level plot reads it)."""
+    return f"subgroup/{clean(subgroup)}/{clean(level)}/js"
+
+
 @register(
     "subgroup",
-    KeyInfo("subgroup/*/js/mean", higher_is_better=False, bounds=(0, 1), identical=0.0, symmetric=False),
-    KeyInfo("subgroup/*/js/max", higher_is_better=False, bounds=(0, 1), identical=0.0),
-    KeyInfo("subgroup/*/js/gap", higher_is_better=False, bounds=(0, 1), identical=0.0),
-    KeyInfo("subgroup/*/gap_inflation/mean", higher_is_better=None, bounds=(0, np.inf), identical=1.0),
-    KeyInfo("subgroup/*/*/js", higher_is_better=False, bounds=(0, 1), identical=0.0),
+    KeyInfo("subgroup/*/js/mean", **_JS, aggregate=True, headline=True, curve=True),
+    KeyInfo("subgroup/*/js/max", **_JS, aggregate=True),
+    KeyInfo("subgroup/*/js/gap", **_JS, aggregate=True),
+    KeyInfo("subgroup/*/gap_inflation/mean", better=ONE, bounds=(0, np.inf), identical=1.0, aggregate=True,
+            headline=True),
+    KeyInfo("subgroup/*/*/js", **_JS),
+    components=[Component("subgroup/js/mean", "subgroup/*/js/mean", position=2)],   # mean over subgroups
 )
 def subgroup(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     out: dict[str, np.ndarray] = {}
@@ -66,7 +76,7 @@ def subgroup(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> Fa
         level_js = np.where(s_size == 0, 1.0, level_js)  # a group the simulator never produces
         level_js = np.where(valid, level_js, np.nan)
         for li, level in enumerate(sg.levels):
-            out[f"subgroup/{g}/{clean(level)}/js"] = level_js[:, li]
+            out[level_key(sg.name, level)] = level_js[:, li]
         out[f"subgroup/{g}/js/mean"] = reduce_rows(level_js, np.nanmean)
         out[f"subgroup/{g}/js/max"] = reduce_rows(level_js, np.nanmax)
         out[f"subgroup/{g}/js/gap"] = out[f"subgroup/{g}/js/max"] - reduce_rows(level_js, np.nanmin)
@@ -76,7 +86,8 @@ def subgroup(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> Fa
 
 @register(
     "within_group",
-    KeyInfo("within_group/*/variance_ratio", higher_is_better=None, bounds=(0, np.inf), identical=1.0),
+    KeyInfo("within_group/*/variance_ratio", better=ONE, bounds=(0, np.inf), identical=1.0, aggregate=True,
+            headline=True),
 )
 def within_group(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> FamilyResult:
     out: dict[str, np.ndarray] = {}

@@ -18,33 +18,40 @@ import pandas as pd
 
 from fidelity_exp.metrics import registry
 from fidelity_exp.metrics.encoded import Encoded, encode
-from fidelity_exp.metrics.score import check_components, fidelity_score
+from fidelity_exp.metrics.registry import interval_keys, prefixed, reference_key
+from fidelity_exp.metrics.score import SCORE, check_components, fidelity_score
 from fidelity_exp.study.spec import StudySpec
 
-DEFAULT_COMPONENTS = ("divergence/js/mean", "subgroup/js/mean", "heterogeneity/unique_profiles/ratio",
-                      "coherence/spearman/abs_diff", "regression/sign_f1")
 MIN_DEFINED_REPLICATES = 0.5  # an interval needs at least this share of replicates defined
 
 
 @dataclass
 class Options:
-    families: tuple[str, ...] = tuple()
+    """The metric options (`conf/metrics/default.yaml` documents each); None for `families` and
+    `score_components` means every registered family and the declared default components."""
+
+    families: tuple[str, ...] | None = None
     min_group_size: int = 10
     alpha: float = 0.05
     bootstrap: int = 200
     reference_splits: int = 20
     seed: int = 0
-    score_components: tuple[str, ...] = DEFAULT_COMPONENTS
+    score_components: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        self.families = tuple(registry.check_families(self.families or registry.FAMILIES))
+        self.families = tuple(registry.FAMILIES.check(list(registry.FAMILIES) if self.families is None
+                                                      else self.families))
         self.score_components = tuple(check_components(self.score_components))
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Options":
-        return cls(families=tuple(cfg.families), min_group_size=int(cfg.min_group_size), alpha=float(cfg.alpha),
+        def listed(name):
+            value = cfg.get(name)
+            return None if value is None else tuple(value)
+
+        return cls(families=listed("families"), min_group_size=int(cfg.min_group_size), alpha=float(cfg.alpha),
                    bootstrap=int(cfg.bootstrap), reference_splits=int(cfg.reference_splits), seed=int(cfg.seed),
-                   score_components=tuple(cfg.score_components))
+                   score_components=listed("score_components"))
 
 
 
@@ -78,7 +85,7 @@ def compute(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts: Contex
         result = registry.FAMILIES[name].fn(h, hi, s, si, opts)
         values.update(result.values)
         notes.update(result.notes)
-    values["fidelity_score"] = fidelity_score(values, opts.score_components, hi.shape[0])
+    values[SCORE] = fidelity_score(values, opts.score_components, hi.shape[0])
     return values, notes
 
 
@@ -102,7 +109,7 @@ def evaluate_arm(spec: StudySpec, human: pd.DataFrame, synthetic: pd.DataFrame, 
             if not registry.is_aggregate(key) or values.get(key) is None:
                 continue
             low, high = percentile_interval(reps)
-            values[f"{key}/ci_low"], values[f"{key}/ci_high"] = low, high
+            values.update(zip(interval_keys(key), (low, high)))
     return ArmResult(values, notes)
 
 
@@ -129,10 +136,6 @@ def human_reference(spec: StudySpec, human: pd.DataFrame, opts: Options) -> dict
     for key, reps in split_values.items():
         if registry.is_aggregate(key):
             finite = reps[np.isfinite(reps)]
-            out[f"reference/human_split/{key}"] = float(finite.mean()) if len(finite) else None
+            out[reference_key(key)] = float(finite.mean()) if len(finite) else None
     return out
-
-
-def prefixed(arm: str, values: dict[str, float | None]) -> dict[str, float | None]:
-    return {f"{arm}/{k}": v for k, v in values.items()}
 

@@ -18,31 +18,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fidelity_exp.metrics import higher_is_better, key_info  # noqa: E402
-from fidelity_exp.metrics.registry import clean  # noqa: E402
+from fidelity_exp.metrics import registry  # noqa: E402
+from fidelity_exp.metrics.regression import Z_CRIT, term_key, terms_in  # noqa: E402
+from fidelity_exp.metrics.subgroup import level_key  # noqa: E402
 from fidelity_exp.study.spec import StudySpec  # noqa: E402
 
-REFERENCE = "reference/human_split"
+
+def arm_keys(metrics: dict, arms: list[str]) -> list[str]:
+    """The keys (arm prefix removed) any of `arms` has, in first-seen order."""
+    seen: dict[str, None] = {}
+    for arm in arms:
+        head = f"{arm}/"
+        seen.update((k[len(head):], None) for k in metrics if k.startswith(head))
+    return list(seen)
 
 
-def headline_keys(spec: StudySpec) -> list[str]:
-    """The rows of the table: the summary score, then one or two keys per metric family."""
-    keys = ["fidelity_score", "divergence/js/mean", "divergence/tvd/mean", "divergence/w1/mean",
-            "heterogeneity/unique_profiles/ratio", "heterogeneity/entropy_ratio/mean", "heterogeneity/sd_ratio/mean"]
-    for sg in spec.subgroups:
-        g = clean(sg.name)
-        keys += [f"subgroup/{g}/js/mean", f"subgroup/{g}/gap_inflation/mean", f"within_group/{g}/variance_ratio"]
-    for pair in spec.coherence:
-        p = f"{clean(pair.belief)}__{clean(pair.action)}"
-        keys.append(f"coherence/{p}/spearman/abs_diff")
-        if pair.contradiction_belief is not None:
-            keys.append(f"coherence/{p}/gap_rate/abs_diff")
-    for reg in spec.regressions:
-        r = clean(reg.name)
-        keys += [f"regression/{r}/sign_f1", f"regression/{r}/sign_agreement", f"regression/{r}/ci_coverage",
-                 f"regression/{r}/sig_diff_rate"]
-    keys.append("individual/accuracy/mean")
-    return keys
+def headline_keys(metrics: dict, arms: list[str]) -> list[str]:
+    """The rows of the table: the registry's headline keys these arms have, in declaration order."""
+    return registry.headline_keys(arm_keys(metrics, arms))
 
 
 def _num(x) -> float:
@@ -57,27 +50,18 @@ def _cell(metrics: dict, key: str) -> str:
     value = metrics.get(key)
     if value is None:
         return "—"
-    low, high = metrics.get(f"{key}/ci_low"), metrics.get(f"{key}/ci_high")
+    low, high = (metrics.get(k) for k in registry.interval_keys(key))
     return _fmt(value) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "")
 
 
-def _direction(key: str) -> str:
-    info = key_info(key)
-    if info is None:
-        return ""
-    if info.higher_is_better is None:
-        return "best 1" if info.identical == 1.0 else ""
-    return "higher better" if higher_is_better(key) else "lower better"
-
-
-def table(spec: StudySpec, metrics: dict, arms: list[str]) -> pd.DataFrame:
+def table(metrics: dict, arms: list[str]) -> pd.DataFrame:
     rows = []
-    for key in headline_keys(spec):
-        cells = [_cell(metrics, f"{arm}/{key}") for arm in arms]
-        reference = _fmt(metrics.get(f"{REFERENCE}/{key}"))
+    for key in headline_keys(metrics, arms):
+        cells = [_cell(metrics, registry.arm_key(arm, key)) for arm in arms]
+        reference = _fmt(metrics.get(registry.reference_key(key)))
         if all(c == "—" for c in cells) and reference == "—":
             continue
-        rows.append([key, _direction(key), *cells, reference])
+        rows.append([key, registry.direction_words(key), *cells, reference])
     return pd.DataFrame(rows, columns=["metric", "direction", *arms, "human split-half"])
 
 
@@ -118,7 +102,7 @@ def plot_subgroup_js(spec: StudySpec, metrics: dict, arms: list[str], path: Path
     for ax, sg in zip(axes.ravel(), spec.subgroups):
         x = np.arange(len(sg.levels))
         for i, arm in enumerate(arms):
-            values = [metrics.get(f"{arm}/subgroup/{clean(sg.name)}/{clean(lv)}/js") for lv in sg.levels]
+            values = [metrics.get(registry.arm_key(arm, level_key(sg.name, lv))) for lv in sg.levels]
             ax.bar(x + i * width - 0.4 + width / 2, [_num(v) for v in values], width, label=arm)
         ax.set_xticks(x, list(sg.levels), rotation=30, ha="right", fontsize=8)
         ax.set_title(f"subgroup {sg.name}", fontsize=10)
@@ -134,18 +118,15 @@ def plot_coefficients(spec: StudySpec, metrics: dict, arms: list[str], path: Pat
         return False
     fig, axes = plt.subplots(1, len(spec.regressions), figsize=(6 * len(spec.regressions), 4.5), squeeze=False)
     for ax, reg in zip(axes.ravel(), spec.regressions):
-        prefix = f"{arms[0]}/regression/{clean(reg.name)}/"
-        terms = sorted({k[len(prefix):].rsplit("/coef/human", 1)[0] for k in metrics
-                        if k.startswith(prefix) and k.endswith("/coef/human")})
-        terms = [t for t in terms if t != "Intercept"]
+        terms = terms_in(metrics, arms[0], reg.name)
         sides = [("human", arms[0], "human")] + [(arm, arm, "synthetic") for arm in arms]
         step = 0.8 / len(sides)
         for i, (label, arm, side) in enumerate(sides):
-            base = f"{arm}/regression/{clean(reg.name)}/"
-            coef = np.array([_num(metrics.get(f"{base}{t}/coef/{side}")) for t in terms])
-            se = np.array([_num(metrics.get(f"{base}{t}/se/{side}")) for t in terms])
+            coef = np.array([_num(metrics.get(registry.arm_key(arm, term_key(reg.name, t, "coef", side))))
+                             for t in terms])
+            se = np.array([_num(metrics.get(registry.arm_key(arm, term_key(reg.name, t, "se", side)))) for t in terms])
             y = np.arange(len(terms)) + i * step - 0.4 + step / 2
-            ax.errorbar(coef, y, xerr=1.959964 * se, fmt="o", ms=4, capsize=2, label=label)
+            ax.errorbar(coef, y, xerr=Z_CRIT * se, fmt="o", ms=4, capsize=2, label=label)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(np.arange(len(terms)), terms, fontsize=8)
         ax.set_title(f"{reg.name} ({reg.family}): coefficients with 95% intervals", fontsize=10)
@@ -169,7 +150,7 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
     if plot_coefficients(spec, metrics, arms, folder / "plots" / "coefficients.png"):
         plots.append(folder / "plots" / "coefficients.png")
 
-    tab = table(spec, metrics, arms)
+    tab = table(metrics, arms)
     intro = (f"Study `{spec.name}` v{spec.version}: {len(human)} evaluation humans; arms: {', '.join(arms)}. "
              "Cells are point values with percentile-bootstrap 95% intervals; the last column is the level "
              "sampling noise alone produces (one half of the humans scored against the other half): an arm "

@@ -24,14 +24,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fidelity_exp.report import html_page, save_figure  # noqa: E402
+from fidelity_exp.inference.regressions import ESTIMATORS, rectified_key, truth_terms  # noqa: E402
+from fidelity_exp.metrics import registry  # noqa: E402
+from fidelity_exp.metrics.score import SCORE  # noqa: E402
+from fidelity_exp.report import arm_keys, html_page, save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
-REFERENCE = "reference/human_split"
-# The curve's panels: the summary score and one key per family (those the study defines).
-CURVE_KEYS = ("fidelity_score", "divergence/js/mean", "heterogeneity/entropy_ratio/mean",
-              "subgroup/*/js/mean", "coherence/*/spearman/abs_diff", "regression/*/sign_f1",
-              "individual/accuracy/mean")
 
 
 def trials_frame(study, runs: pd.DataFrame | None) -> pd.DataFrame:
@@ -55,25 +53,16 @@ def trials_frame(study, runs: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _curve_keys(frame: pd.DataFrame, arms: list[str]) -> list[str]:
-    keys = []
-    for pattern in CURVE_KEYS:
-        head, _, tail = pattern.partition("*")
-        for arm in arms:
-            found = sorted(c[len(arm) + 1:] for c in frame.columns if c.startswith(f"{arm}/{head}")
-                           and c.endswith(tail) and "/ci_" not in c)
-            found = [k for k in found if k == pattern or "*" in pattern]
-            if found:
-                keys.append(found[0])
-                break
-    return keys
+    """The registry's curve keys (one per declaration) the arms have, in declaration order."""
+    return registry.curve_keys(arm_keys(dict.fromkeys(frame.columns), arms))
 
 
 def plot_pilot_size(frame: pd.DataFrame, path: Path) -> bool:
     if "param:pilot.n" not in frame or frame["param:pilot.n"].nunique() < 2:
         return False
     done = frame[frame.state == "COMPLETE"]
-    arms = sorted({c.split("/", 1)[0] for c in done.columns if c.endswith("/fidelity_score")
-                   and not c.startswith("reference")})
+    arms = sorted({c.split("/", 1)[0] for c in done.columns if c.endswith(f"/{SCORE}")
+                   and not c.startswith(registry.REFERENCE)})
     keys = _curve_keys(done, arms)
     if not keys or done.empty:
         return False
@@ -81,13 +70,13 @@ def plot_pilot_size(frame: pd.DataFrame, path: Path) -> bool:
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        ref = f"{REFERENCE}/{key}"
+        ref = registry.reference_key(key)
         if ref in done:
             band = done.groupby("param:pilot.n")[ref].agg(["min", "max"]).dropna()
             if len(band):
                 ax.fill_between(band.index, band["min"], band["max"], color="0.8", label="human split-half")
         for arm in arms:
-            col = f"{arm}/{key}"
+            col = registry.arm_key(arm, key)
             if col not in done:
                 continue
             stats = done.groupby("param:pilot.n")[col].agg(["mean", "min", "max", "count"]).dropna()
@@ -110,9 +99,6 @@ def plot_pilot_size(frame: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-ESTIMATORS = ("ppi", "pilot_only", "synthetic_only")
-
-
 BUDGET = "param:pilot.finetune_fraction"
 
 
@@ -129,17 +115,16 @@ def coverage_table(frame: pd.DataFrame) -> pd.DataFrame:
             parts.append(coverage_table(group.drop(columns=by)).assign(**dict(zip(by, values))))
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     rows = []
-    for col in sorted(c for c in done.columns if c.startswith("truth/regression/") and c.endswith("/coef")):
-        _, _, reg, term, _ = col.split("/")
+    for reg, term, col in truth_terms(done.columns):
         for est in ESTIMATORS:
-            low, high = f"{est}/regression/{reg}/{term}/ci_low", f"{est}/regression/{reg}/{term}/ci_high"
+            low, high = rectified_key(est, reg, term, "ci_low"), rectified_key(est, reg, term, "ci_high")
             if low not in done or high not in done:
                 continue
             ok = done[[low, high, col]].dropna()
             if ok.empty:
                 continue
             hit = (ok[low] <= ok[col]) & (ok[col] <= ok[high])
-            ess = done.get(f"{est}/regression/{reg}/{term}/effective_n")
+            ess = done.get(rectified_key(est, reg, term, "effective_n"))
             rows.append({"regression": reg, "term": term, "estimator": est, "trials": len(ok),
                          "coverage": hit.mean(), "mean_width": (ok[high] - ok[low]).mean(),
                          "median_effective_n": float(ess.median()) if ess is not None else np.nan})
@@ -176,19 +161,20 @@ def plot_budget(frame: pd.DataFrame, path: Path) -> bool:
     pilot size, beside the pilot-only width (all humans, no model)."""
     key = BUDGET
     done = frame[frame.state == "COMPLETE"] if len(frame) else frame
-    widths = [c for c in done.columns if c.startswith("ppi/regression/") and c.endswith("/width/mean")]
+    widths = [(reg, rectified_key("ppi", reg, "width", "mean")) for reg in
+              dict.fromkeys(reg for reg, _, _ in truth_terms(done.columns))]
+    widths = [(reg, col) for reg, col in widths if col in done]
     if key not in done or done[key].nunique() < 2 or not widths:
         return False
     fig, axes = plt.subplots(1, len(widths), figsize=(6 * len(widths), 4), squeeze=False)
     sizes = sorted(done["param:pilot.n"].unique()) if "param:pilot.n" in done else [None]
-    for ax, col in zip(axes.flat, widths):
-        reg = col.split("/")[2]
+    for ax, (reg, col) in zip(axes.flat, widths):
         for size in sizes:
             sub = done if size is None else done[done["param:pilot.n"] == size]
             stats = sub.groupby(key)[col].agg(["mean", "min", "max"])
             line, = ax.plot(stats.index, stats["mean"], marker="o", label=f"PPI, pilot.n={size}")
             ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
-            human = sub[f"pilot_only/regression/{reg}/width/mean"].mean()
+            human = sub[rectified_key("pilot_only", reg, "width", "mean")].mean()
             ax.axhline(human, color=line.get_color(), ls="--", lw=1, label=f"all {size} humans, no model")
         ax.set_xlabel("share of the pilot that fine-tunes (pilot.finetune_fraction)")
         ax.set_ylabel("mean 95% interval width")
@@ -274,7 +260,7 @@ def write_sweep_report(folder: Path, study, runs: pd.DataFrame | None, *, object
         lines.append("Coverage of the 95% intervals against the full-data fit, averaged over terms: " + "; ".join(
             f"{k} {r.coverage:.1%} (mean width {r.width:.3g})" for k, r in summary.iterrows()) + " (coverage.csv).")
     shown = [c for c in frame.columns if c in ("trial", "state", "value", "duration_s", "overhead_share", "error")
-             or c.startswith("param:") or c.endswith("/fidelity_score")]
+             or c.startswith("param:") or c.endswith(f"/{SCORE}")]
     table = frame[shown].copy() if len(frame) else frame
     md = ["# Sweep report", "", *[f"- {x}" for x in lines], "", _markdown(table) if len(table) else "(no trials)", ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]
