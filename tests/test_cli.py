@@ -48,12 +48,18 @@ def test_own_spec_and_experiment_through_searchpath(tmp_path):
     tiny_frame(60).to_csv(csv, index=False)
     (mine / "data" / "my_survey.yaml").write_text(yaml.safe_dump(tiny_spec(Path("survey.csv"), name="my_survey")))
     (mine / "experiment" / "mine.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /data: my_survey\npilot:\n  n: 20\n"
-        "arms: [pilot_resample, tabular]\n")
+        "# @package _global_\ndefaults:\n  - override /data: my_survey\n  - override /arms: [pilot_resample, tabular]\n"
+        "pilot:\n  n: 20\narms:\n  tabular:\n    l2: 2.0\n")
     done = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=mine", "metrics.bootstrap=10", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "my_survey")
-    assert runs[0].data.params["split.n_pilot"] == "20"
+    assert runs[0].data.params["split.n_pilot"] == "20" and runs[0].data.params["arms.tabular.l2"] == "2.0"
+    assert runs[0].data.tags["arms"] == "pilot_resample,tabular"
+
+    # the earlier form, a plain list in the experiment's body, is refused with how to write it now
+    (mine / "experiment" / "old.yaml").write_text("# @package _global_\narms: [pilot_resample, tabular]\n")
+    old = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=old", "data=my_survey", cwd=tmp_path)
+    assert old.returncode == 2 and "Traceback" not in old.stderr and "override /arms: [base, tabular]" in old.stderr
     assert runs[0].data.tags["study.spec_file"] == str(mine / "data" / "my_survey.yaml")
 
 

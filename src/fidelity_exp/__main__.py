@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -59,8 +60,42 @@ def _user_mistake(e: BaseException) -> str | None:
     if isinstance(e, (HydraException, OmegaConfBaseException)):
         cause = e.__cause__
         extra = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) and str(cause) not in str(e) else ""
-        return f"{e}{extra}"
+        return _explained(f"{e}{extra}")
     return None
+
+
+def _explained(message: str) -> str:
+    """Hydra's message, with what the user can do about the common cases."""
+    missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^'/]+)'", message)
+    if missing:
+        group, name = missing.groups()
+        known = _group_options(group, re.findall(r"path=(\S+)", message))
+        what = "arm" if group == "arms" else f"{group} option"
+        return f"unknown {what} {name!r} (config group {group}/); known: {', '.join(known) or 'none found'}"
+    if "Cannot merge DictConfig with ListConfig" in message:
+        message += ("\n(`arms` is a config group: choose arms with `arms=[base,tabular]` on the command line, or in "
+                    "an experiment file with `- override /arms: [base, tabular]` under `defaults:`)")
+    if "Key 'baselines' is not in struct" in message:
+        message += "\n(the baselines' options are now under arms: e.g. arms.tabular.l2=2)"
+    return message
+
+
+def _group_options(group: str, search_path: list[str]) -> list[str]:
+    """The options of a config group along Hydra's search path (file:// and pkg:// entries)."""
+    import importlib.resources as resources
+
+    names: set[str] = set()
+    for entry in search_path:
+        if entry.startswith("file://"):
+            folder = Path(entry.removeprefix("file://")) / group
+            names.update(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else None
+        elif entry.startswith("pkg://"):
+            try:
+                folder = resources.files(entry.removeprefix("pkg://")).joinpath(group)
+                names.update(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+            except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+                continue
+    return sorted(names)
 
 
 def main() -> None:

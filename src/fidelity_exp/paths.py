@@ -1,9 +1,13 @@
-"""Where relative paths point: the directory the command was started in, never Hydra's job dir."""
+"""Where relative paths point: the directory the command was started in, never Hydra's job dir;
+and how run files are written (atomically)."""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def start_dir() -> Path:
@@ -22,3 +26,12 @@ def resolve(path: str | os.PathLike, base: Path | None = None) -> Path:
     """`path` made absolute against `base` (default: the start directory); `~` expanded."""
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else (base or start_dir()) / p
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary name beside the target, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
+    os.replace(tmp, path)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from fidelity_exp import pipeline
-from fidelity_exp.arms.llm import run_llm_arms
+from fidelity_exp.arms import ArmContext
+from fidelity_exp.arms.llm import Finetuned, LLMSession, LLMSettings
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
 from fidelity_exp.study import Split
@@ -48,7 +49,7 @@ def test_bad_rectification_settings(composer, override, message):
 def test_rectification_needs_the_finetuned_arm(composer):
     cfg, choices = composer(*TINY, "pilot.finetune_fraction=0.5", "arms=[base]")
     with pytest.raises(ConfigError, match="rectified estimates need the finetuned arm"):
-        pipeline.check(cfg, choices)
+        pipeline.plan(cfg, choices)
 
 
 def test_a_rectified_run_logs_all_three_estimators(composer):
@@ -82,8 +83,10 @@ def test_tiny_model_coverage_on_the_disclosure_study(composer):
     study = pipeline.setup_study(cfg.data, choices["data"])
     ids = study.ids
     train, pool = ids[:40], ids[40:]
-    frames, _ = run_llm_arms(["finetuned"], study, Split(pilot=train, evaluation=pool), cfg, None, None)
-    twins = frames["finetuned"].set_index("twin_of", drop=False)
+    settings = LLMSettings(model=cfg.model, simulate=cfg.simulate, finetune=cfg.finetune)
+    ctx = ArmContext(study, Split(pilot=train, evaluation=pool), seed=int(cfg.simulate.seed),
+                     make_llm=lambda c: LLMSession(settings, c))
+    twins = Finetuned().simulate(ctx).frame.set_index("twin_of", drop=False)
     population = study.frame.loc[pool]
     rng = np.random.default_rng(5)
     hits, width_ratio = [], []

@@ -163,7 +163,7 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
 def test_finetune_none_runs_the_base_model_alone(composer, tmp_path):
     cfg, choices = composer("+experiment=quickstart", "model=tiny_random", "eval.n=10", "finetune=none",
                             "arms=[base,finetuned]", *SMALL)
-    assert pipeline.active_arms(cfg) == ["base"]
+    assert pipeline.plan(cfg, choices).arm_names == ["base"]
     result = pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
     assert "base/fidelity_score" in result and not any(k.startswith("finetuned/") for k in result)
 

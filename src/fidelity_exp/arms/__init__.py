@@ -1,31 +1,76 @@
-"""Arms: the ways synthetic respondents are produced (LLM base / fine-tuned, baselines).
+"""Arms: the ways synthetic respondents are produced (LLM base / fine-tuned, no-LLM baselines).
 
-Each arm is registered by name; `arms: [...]` in the config selects which run. An arm takes
-the study, the pilot humans and the evaluation humans' personas and returns a synthetic frame
-in the SURVEY_SPEC.md format (one row per twin, `twin_of` = the human's id). The LLM arms
-(`base`, `finetuned`) share one loaded model and live in `arms.llm`.
+An arm is one class, a dataclass whose fields are its options, registered by name; its config
+node `conf/arms/<name>.yaml` (package `arms.<name>`) names the class with `_target_` and gives
+the option values. `arms=[base, tabular]` selects which run, `arms.tabular.l2=2` sets an
+option, and the options are checked against the dataclass's types before any run exists.
+Adding an arm is one Python file (a subclass of `Arm`, registered) and one YAML file.
+
+Every arm answers as twins of the same evaluation humans and returns a synthetic frame in the
+SURVEY_SPEC.md format (one row per twin, `twin_of` = the human's id). The LLM arms share one
+loaded model through `ArmContext.llm()` (arms/llm.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import pandas as pd
 
 from fidelity_exp.errors import ConfigError
+from fidelity_exp.registry import Registry
 
 if TYPE_CHECKING:
+    from fidelity_exp.inference.regressions import TwinSets
     from fidelity_exp.study import Split, Study
 
-ARMS: dict[str, Callable] = {}
+
+@dataclass
+class Twins:
+    """What an arm produced: its twins of the scored humans, and (the finetuned arm with
+    rectification folds) the twin sets the rectified estimates need."""
+
+    frame: pd.DataFrame
+    rectification: "TwinSets | None" = None
 
 
-def register(name: str):
-    def wrap(fn: Callable) -> Callable:
-        ARMS[name] = fn
-        return fn
+@dataclass
+class ArmContext:
+    """What every arm of one run may use: the study, the split, the random stream's seed they all
+    share, the MLflow run (None when tracking is off), and the LLM session, loaded on first use."""
 
-    return wrap
+    study: "Study"
+    split: "Split"
+    seed: int
+    tracked: Any = None
+    make_llm: Callable[["ArmContext"], Any] | None = None
+    _llm: Any = field(default=None, repr=False)
+
+    def llm(self):
+        """The LLM session every LLM arm of the run shares (arms/llm.py)."""
+        if self._llm is None:
+            if self.make_llm is None:
+                raise RuntimeError("this run has no LLM settings")
+            self._llm = self.make_llm(self)
+        return self._llm
+
+
+class Arm:
+    """Base class of the arms. Subclasses are dataclasses (their fields are the options, typed),
+    registered with `@ARMS.register(name)`; `name` is set from the config node's key."""
+
+    uses_llm: ClassVar[bool] = False
+    name: str = "arm"
+
+    def check(self, *, finetune: Any = None) -> None:
+        """Checks that can fail before any run exists (beyond the option types); default none."""
+
+    def simulate(self, ctx: ArmContext) -> Twins:
+        raise NotImplementedError
+
+
+ARMS: Registry[type[Arm]] = Registry("arm", key="arms")
 
 
 def twin_base(study: "Study", split: "Split") -> pd.DataFrame:
@@ -38,20 +83,41 @@ def twin_base(study: "Study", split: "Split") -> pd.DataFrame:
     return out
 
 
-LLM_ARMS = ("base", "finetuned")  # run by arms.llm, which shares one loaded model between them
+def build_arm(name: str, node: Any) -> Arm:
+    """One arm from its config node (`_target_` and options), its options checked against the
+    class's field types (OmegaConf's structured configs), then the class's own range checks."""
+    from hydra.utils import get_class
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    key = f"arms.{name}"
+    if not isinstance(node, (DictConfig, dict)) or not node.get("_target_"):
+        raise ConfigError(key, node, "expected an arm's config node with _target_ (see conf/arms/)")
+    target = str(node["_target_"])
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError(f"{key}._target_", target, f"expected an arm class (known arms: {', '.join(ARMS)})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Arm)):
+        raise ConfigError(f"{key}._target_", target, "expected a subclass of fidelity_exp.arms.Arm")
+    options = {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig)
+                                 else dict(node)).items() if k != "_target_"}
+    try:
+        arm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), options))
+    except OmegaConfBaseException as e:
+        where = f"{key}.{e.full_key}" if getattr(e, "full_key", None) else key
+        value = options.get(str(e.full_key)) if getattr(e, "full_key", None) else options
+        raise ConfigError(where, value, f"not a valid option of arm {name!r}: {str(e).splitlines()[0]}") from None
+    except ConfigError as e:   # the class's own range check names the field
+        raise ConfigError(f"{key}.{e.key}", e.value, e.expected) from None
+    arm.name = name
+    return arm
 
 
-def check_arms(names) -> list[str]:
-    """The configured arm names, each known, in config order; else a `ConfigError` listing the known ones."""
-    names = list(names or [])
-    for name in names:
-        if name not in ARMS and name not in LLM_ARMS:
-            known = ", ".join([*LLM_ARMS, *sorted(ARMS)])
-            raise ConfigError("arms", name, f"unknown arm (known arms: {known})")
-    if len(set(names)) != len(names):
-        raise ConfigError("arms", names, "each arm may be listed once")
-    return names
+def build_arms(arms_cfg: Any) -> dict[str, Arm]:
+    """Every arm of the `arms` config node, in config order."""
+    return {str(name): build_arm(str(name), node) for name, node in (arms_cfg or {}).items()}
 
 
-# Registering the built-in arms (imported last: they use `register` above).
-from fidelity_exp.arms import baselines  # noqa: E402,F401
+# The built-in arms register themselves (imported last: they use ARMS above).
+from fidelity_exp.arms import llm, pilot_resample, tabular  # noqa: E402,F401

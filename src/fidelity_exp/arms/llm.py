@@ -2,10 +2,10 @@
 the pilot, or a registered one), interviewed as twins of the same evaluation humans with the
 same random stream.
 
-    setup: load the model once -> render one example interview (logged)
+    session (once per run, on the first LLM arm): load the model -> render one example interview (logged)
     base:      simulate with the pretrained weights
     finetuned: fine-tune LoRA on the pilot interviews (loss per step, adapter logged and
-               registered) or load `finetune.uri` -> simulate
+               registered) or load `finetune.uri` -> simulate -> take the adapter off again
 
 With rectification folds (`Split.folds`), the finetuned arm fine-tunes one model per fold on
 the pilot without that fold, and each model answers as twins of its fold's humans (labelled:
@@ -16,24 +16,35 @@ evaluation twins are the arm's twins for the fidelity metrics.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from fidelity_exp.arms import twin_base
+from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import TwinSets
 from fidelity_exp.llm.engine import SimulationResult, simulate, uniforms_for
 from fidelity_exp.llm.interview import Renderer, messages
-from fidelity_exp.llm.models import LoadedModel, load_model
+from fidelity_exp.llm.models import load_model
 from fidelity_exp.study.data import Study
 from fidelity_exp.study.split import Split
 from fidelity_exp.study.synthetic_file import PROB_SEP
 
 log = logging.getLogger(__name__)
-LLM_ARMS = ("base", "finetuned")
 FINETUNE_METHODS = ("none", "lora", "registered")
+FOLD_SEED_STEP = 7919   # a fold's rectification twins get the stream seed + this x (k + 1): a prime, no overlap
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """The run-level groups the LLM arms read: which model, how twins answer, how to fine-tune."""
+
+    model: DictConfig
+    simulate: DictConfig
+    finetune: DictConfig
+    tracking_uri: str | None = None
 
 
 def records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -64,81 +75,138 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="twin", leave=True)
 
 
-def run_llm_arms(names: list[str], study: Study, split: Split, cfg: DictConfig, tracked: Any,
-                 tracking_uri: str | None) -> tuple[dict[str, pd.DataFrame], TwinSets | None]:
-    loaded = load_model(cfg.model)
-    renderer = Renderer(study.spec, loaded.tokenizer, show_persona=bool(cfg.simulate.show_persona))
-    pilot_given = records(study.frame.loc[split.pilot], study.spec.given_columns)
-    pilot_answers = answers_of(study, split.pilot)
-    if tracked is not None:
-        example = renderer.text(messages(study.spec, pilot_given[0], pilot_answers[0],
-                                         show_persona=renderer.show_persona), False)
-        tracked.log_text(example, "prompts/example_interview.txt")
-        tracked.log_params({"model.n_parameters": str(loaded.n_parameters), "model.runtime_dtype": str(loaded.dtype),
-                            "model.runtime_device": str(loaded.device)})
+class LLMSession:
+    """The model every LLM arm of one run shares, loaded once, with the interview renderer and the
+    twins' random stream (the same uniforms for every LLM arm: they differ only by the model)."""
 
-    twins = records(study.frame.loc[split.evaluation], study.spec.given_columns)
-    uniforms = uniforms_for(len(twins), len(study.spec.questions), int(cfg.simulate.seed))
-    out: dict[str, pd.DataFrame] = {}
+    def __init__(self, settings: LLMSettings, ctx: ArmContext):
+        self.settings, self.study, self.split, self.tracked = settings, ctx.study, ctx.split, ctx.tracked
+        spec = self.study.spec
+        self.loaded = load_model(settings.model)
+        self.renderer = Renderer(spec, self.loaded.tokenizer, show_persona=bool(settings.simulate.show_persona))
+        self.pilot_given = records(self.study.frame.loc[self.split.pilot], spec.given_columns)
+        self.pilot_answers = answers_of(self.study, self.split.pilot)
+        self.twins = records(self.study.frame.loc[self.split.evaluation], spec.given_columns)
+        self.uniforms = uniforms_for(len(self.twins), len(spec.questions), ctx.seed)
+        self.seed = ctx.seed
+        if self.tracked is not None:
+            example = self.renderer.text(messages(spec, self.pilot_given[0], self.pilot_answers[0],
+                                                  show_persona=self.renderer.show_persona), False)
+            self.tracked.log_text(example, "prompts/example_interview.txt")
+            self.tracked.log_params({"model.n_parameters": str(self.loaded.n_parameters),
+                                     "model.runtime_dtype": str(self.loaded.dtype),
+                                     "model.runtime_device": str(self.loaded.device)})
 
-    def interview(what: str, model: Any, who: Split, given=twins, stream=uniforms, arm: str | None = None
+    def interview(self, what: str, model: Any, who: Split, given=None, stream=None, arm: str | None = None
                   ) -> pd.DataFrame:
         """Twins of `who.evaluation` answer; an arm's own interview (`arm`) logs its speed."""
+        given = self.twins if given is None else given
+        stream = self.uniforms if stream is None else stream
+        n_questions = len(self.study.spec.questions)
         with _progress(len(given), f"simulating {what}") as bar:
-            result = simulate(model, renderer, given, stream, temperature=float(cfg.simulate.temperature),
-                              batch_size=int(cfg.simulate.batch_size), progress=bar.update)
-        rq = len(given) * len(study.spec.questions) / result.seconds
+            result = simulate(model, self.renderer, given, stream, temperature=float(self.settings.simulate.temperature),
+                              batch_size=int(self.settings.simulate.batch_size), progress=bar.update)
+        rq = len(given) * n_questions / result.seconds
         log.info("%s: %d twins x %d questions in %.1f s: %.2f respondent-questions/s, %.0f tokens/s", what,
-                 len(given), len(study.spec.questions), result.seconds, rq, result.tokens / result.seconds)
-        if tracked is not None and arm is not None:
-            tracked.log_metrics({f"perf/{arm}/respondent_questions_per_s": rq,
-                                 f"perf/{arm}/simulate_tokens_per_s": result.tokens / result.seconds,
-                                 f"perf/{arm}/simulate_seconds": result.seconds})
-        return synthetic_frame(study, who, result)
+                 len(given), n_questions, result.seconds, rq, result.tokens / result.seconds)
+        if self.tracked is not None and arm is not None:
+            self.tracked.log_metrics({f"perf/{arm}/respondent_questions_per_s": rq,
+                                      f"perf/{arm}/simulate_tokens_per_s": result.tokens / result.seconds,
+                                      f"perf/{arm}/simulate_seconds": result.seconds})
+        return synthetic_frame(self.study, who, result)
 
-    if "base" in names:
-        out["base"] = interview("arm base", loaded.model, split, arm="base")
-    if "finetuned" not in names:
-        return out, None
-    if not split.folds:
-        model = _finetuned_model(loaded, renderer, pilot_given, pilot_answers, study, cfg, tracked, tracking_uri)
-        out["finetuned"] = interview("arm finetuned", model, split, arm="finetuned")
-        return out, None
-    if cfg.finetune.method != "lora":
-        raise ConfigError("finetune.method", cfg.finetune.method, "rectified estimates (pilot.finetune_fraction < 1 "
-                          "or pilot.crossfit_folds >= 2) fine-tune on part of the pilot: expected lora")
-    labelled, unlabelled = [], []
-    for k, fold in enumerate(split.folds):
-        train = split.finetune_ids(k)
-        log.info("rectification fold %d/%d: fine-tuning on %d pilot humans, rectifying with %d", k + 1,
-                 len(split.folds), len(train), len(fold))
-        model = _finetuned_model(loaded, renderer, records(study.frame.loc[train], study.spec.given_columns),
-                                 answers_of(study, train), study, cfg, tracked if k == 0 else None, tracking_uri)
-        unlabelled.append(interview("arm finetuned" if k == 0 else f"fold {k}/evaluation personas", model, split,
-                                    arm="finetuned" if k == 0 else None))
-        fold_split = Split(pilot=train, evaluation=fold)
-        fold_given = records(study.frame.loc[fold], study.spec.given_columns)
-        fold_stream = uniforms_for(len(fold_given), len(study.spec.questions), int(cfg.simulate.seed) + 7919 * (k + 1))
-        labelled.append(interview(f"fold {k}/rectification humans", model, fold_split, fold_given, fold_stream))
-        loaded.model = model.unload()   # the bare base model again, for the next fold
-    out["finetuned"] = unlabelled[0]
-    return out, TwinSets(labelled=pd.concat(labelled, ignore_index=True), unlabelled=unlabelled)
+    def finetuned_model(self, given, answers, tracked: Any) -> Any:
+        """The model with an adapter: trained on (given, answers) with `finetune=lora`, or the
+        adapter `finetune.uri` with `finetune=registered`. `tracked` gets the losses and the adapter."""
+        from fidelity_exp.llm import adapters
+        from fidelity_exp.llm.finetune import finetune
+
+        cfg = self.settings.finetune
+        if cfg.method == "registered":
+            log.info("finetuned arm: loading the adapter %s", cfg.uri)
+            return adapters.fetch_adapter(self.loaded.model, str(cfg.uri), self.settings.tracking_uri)
+        on_step = (lambda step, loss: tracked.log_metrics({"train/loss": loss}, step=step)) if tracked else None
+        result = finetune(self.loaded, self.renderer, given, answers, cfg, on_step=on_step)
+        if tracked is not None:
+            tracked.log_metrics({"perf/finetune_tokens_per_s": result.tokens_per_s,
+                                 "perf/finetune_seconds": result.seconds,
+                                 "train/loss_first": result.losses[0], "train/loss_last": result.losses[-1],
+                                 "train/examples": result.examples, "train/tokens": result.tokens})
+            adapters.log_and_register(tracked, result.model,
+                                      adapters.registered_name(self.study.spec.name, self.loaded.name))
+        return result.model
+
+    def take_off_adapter(self, model: Any) -> None:
+        """The bare base model again (peft injects the adapter into the loaded model's layers)."""
+        self.loaded.model = model.unload()
 
 
-def _finetuned_model(loaded: LoadedModel, renderer: Renderer, pilot_given, pilot_answers, study: Study,
-                     cfg: DictConfig, tracked: Any, tracking_uri: str | None) -> Any:
+@ARMS.register("base")
+@dataclass
+class BaseModel(Arm):
+    """The pretrained instruction model, as it is."""
+
+    uses_llm: ClassVar[bool] = True
+
+    def simulate(self, ctx: ArmContext) -> Twins:
+        session = ctx.llm()
+        return Twins(session.interview(f"arm {self.name}", session.loaded.model, ctx.split, arm=self.name))
+
+
+@ARMS.register("finetuned")
+@dataclass
+class Finetuned(Arm):
+    """The same model with a LoRA adapter fine-tuned on the pilot (`finetune=lora`) or loaded
+    (`finetune=registered`); the method and its settings are the `finetune` config group."""
+
+    uses_llm: ClassVar[bool] = True
+
+    def check(self, *, finetune: Any = None) -> None:
+        if finetune is not None and finetune.method == "registered":
+            _check_local_adapter(finetune)
+
+    def simulate(self, ctx: ArmContext) -> Twins:
+        session = ctx.llm()
+        study, split = ctx.study, ctx.split
+        if not split.folds:
+            model = session.finetuned_model(session.pilot_given, session.pilot_answers, ctx.tracked)
+            frame = session.interview(f"arm {self.name}", model, split, arm=self.name)
+            session.take_off_adapter(model)
+            return Twins(frame)
+        if session.settings.finetune.method != "lora":
+            raise ConfigError("finetune.method", session.settings.finetune.method, "rectified estimates "
+                              "(pilot.finetune_fraction < 1 or pilot.crossfit_folds >= 2) fine-tune on part of the "
+                              "pilot: expected lora")
+        labelled, unlabelled = [], []
+        for k, fold in enumerate(split.folds):
+            train = split.finetune_ids(k)
+            log.info("rectification fold %d/%d: fine-tuning on %d pilot humans, rectifying with %d", k + 1,
+                     len(split.folds), len(train), len(fold))
+            model = session.finetuned_model(records(study.frame.loc[train], study.spec.given_columns),
+                                            answers_of(study, train), ctx.tracked if k == 0 else None)
+            unlabelled.append(session.interview(f"arm {self.name}" if k == 0 else f"fold {k}/evaluation personas",
+                                                model, split, arm=self.name if k == 0 else None))
+            fold_given = records(study.frame.loc[fold], study.spec.given_columns)
+            fold_stream = uniforms_for(len(fold_given), len(study.spec.questions),
+                                       session.seed + FOLD_SEED_STEP * (k + 1))
+            labelled.append(session.interview(f"fold {k}/rectification humans", model,
+                                              Split(pilot=train, evaluation=fold), fold_given, fold_stream))
+            session.take_off_adapter(model)   # the bare base model again, for the next fold
+        return Twins(unlabelled[0], TwinSets(labelled=pd.concat(labelled, ignore_index=True), unlabelled=unlabelled))
+
+
+def _check_local_adapter(finetune_cfg: DictConfig) -> None:
+    """A local adapter folder is checked before any run starts (an MLflow URI is fetched in the run)."""
     from fidelity_exp.llm import adapters
-    from fidelity_exp.llm.finetune import finetune
 
-    if cfg.finetune.method == "registered":
-        log.info("finetuned arm: loading the adapter %s", cfg.finetune.uri)
-        return adapters.fetch_adapter(loaded.model, str(cfg.finetune.uri), tracking_uri)
-    on_step = (lambda step, loss: tracked.log_metrics({"train/loss": loss}, step=step)) if tracked else None
-    result = finetune(loaded, renderer, pilot_given, pilot_answers, cfg.finetune, on_step=on_step)
-    if tracked is not None:
-        tracked.log_metrics({"perf/finetune_tokens_per_s": result.tokens_per_s, "perf/finetune_seconds": result.seconds,
-                             "train/loss_first": result.losses[0], "train/loss_last": result.losses[-1],
-                             "train/examples": result.examples, "train/tokens": result.tokens})
-        adapters.log_and_register(tracked, result.model, adapters.registered_name(study.spec.name, loaded.name))
-    return result.model
-
+    if OmegaConf.is_missing(finetune_cfg, "uri") or not finetune_cfg.get("uri"):
+        raise ConfigError("finetune.uri", None, "expected models:/<name>/<version>, runs:/<run id>/adapter or a "
+                          "local adapter folder")
+    uri = str(finetune_cfg.uri)
+    folder = adapters.local_folder(uri)
+    if folder is None:
+        return
+    if not folder.is_dir():
+        raise ConfigError("finetune.uri", uri, f"expected an adapter folder, MLflow models:/ or runs:/ URI; "
+                          f"{str(folder)!r} is not a folder")
+    adapters.check_folder(folder)

@@ -13,6 +13,7 @@ downstream (honest metrics, no leakage) rests on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,50 @@ class Split:
         else:
             folds = ()
         return Split(pilot=self.pilot, evaluation=self.evaluation, validation=self.validation, folds=folds)
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """Who is who, as the config says it: the `pilot` group, `eval`, `validation` and `score_on`.
+    Read here and nowhere else; `draw` gives the split the run simulates and scores."""
+
+    method: str = "random"
+    n: int = 100
+    seed: int = 0
+    by: str | None = None
+    eval_n: int | None = None
+    eval_seed: int | None = None
+    validation_n: int = 0
+    finetune_fraction: float = 1.0   # below 1: that share fine-tunes, the rest rectifies
+    crossfit_folds: int = 1          # 2 or more: cross-fitted rectification folds
+    score_on: str = "evaluation"     # or "validation"
+
+    RECTIFY_KEYS: ClassVar[tuple[str, ...]] = ("pilot.finetune_fraction", "pilot.crossfit_folds")
+
+    @classmethod
+    def from_config(cls, pilot: Any, eval_: Any, validation: Any, score_on: Any) -> "SplitSettings":
+        eval_ = eval_ or {}
+        return cls(method=pilot.method, n=pilot.n, seed=pilot.seed, by=pilot.get("by"), eval_n=eval_.get("n"),
+                   eval_seed=eval_.get("seed"), validation_n=(validation or {}).get("n") or 0,
+                   finetune_fraction=pilot.get("finetune_fraction", 1.0),
+                   crossfit_folds=pilot.get("crossfit_folds", 1), score_on=str(score_on or "evaluation"))
+
+    @property
+    def rectified(self) -> bool:
+        """Whether the pilot is split into fine-tuning and rectification humans."""
+        return self.finetune_fraction != 1 or self.crossfit_folds != 1
+
+    @property
+    def rectify_key(self) -> str:
+        """The config key that asks for rectification (for messages)."""
+        return self.RECTIFY_KEYS[0] if self.finetune_fraction != 1 else self.RECTIFY_KEYS[1]
+
+    def draw(self, study: Study) -> "Split":
+        split = draw_split(study, method=self.method, n=self.n, seed=self.seed, by=self.by, eval_n=self.eval_n,
+                           eval_seed=self.eval_seed, validation_n=self.validation_n)
+        split = split.with_folds(finetune_fraction=self.finetune_fraction, crossfit_folds=self.crossfit_folds,
+                                 seed=self.seed)
+        return split.scored_on(self.score_on)
 
 
 def draw_split(study: Study, *, method: str = "random", n: int, seed: int = 0, by: str | None = None,

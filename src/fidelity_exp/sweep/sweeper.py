@@ -33,8 +33,11 @@ from optuna.trial import TrialState
 
 from fidelity_exp import pipeline
 from fidelity_exp.errors import ConfigError
+from fidelity_exp.inference.regressions import ESTIMATORS, rectified_key
 from fidelity_exp.metrics import key_info
+from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import resolve
+from fidelity_exp.study import SplitSettings
 from fidelity_exp.sweep.runs import SweepRuns, masked
 from fidelity_exp.sweep.space import SearchSpace, parse
 from fidelity_exp.tracking.mlflow_run import first_use_lock, process_alive
@@ -42,7 +45,6 @@ from fidelity_exp.tracking.mlflow_run import first_use_lock, process_alive
 log = logging.getLogger("fidelity_exp.sweep")
 SAMPLERS = ("tpe", "random", "grid")
 INTERRUPTED = "interrupted"
-RECTIFIED_PREFIXES = ("ppi", "pilot_only", "synthetic_only")   # keys of inference/regressions.py
 
 
 def default_storage(cfg: DictConfig) -> str:
@@ -81,18 +83,18 @@ class OptunaSweep:
         """Check the configs trials will run (all of a grid's) and the objective; returns the
         fixed config and the study direction."""
         base = self.compose(space.fixed)
-        study, arms = pipeline.check(base, dict(base.hydra.runtime.choices))
+        fixed = pipeline.plan(base, dict(base.hydra.runtime.choices))
         points = space.grid() if self.s.sampler == "grid" else []
         for point in points:
             cfg = self.compose(space.overrides(point))
             same_data = OmegaConf.to_yaml(cfg.data) == OmegaConf.to_yaml(base.data)
-            pipeline.check(cfg, dict(cfg.hydra.runtime.choices), study if same_data else None)
+            pipeline.plan(cfg, dict(cfg.hydra.runtime.choices), fixed.study if same_data else None)
+        arms = fixed.arm_names
         objective = str(self.s.objective)
         prefix = objective.split("/", 1)[0]
         direction = self.s.get("direction")
-        rectified = (base.pilot.get("finetune_fraction", 1.0) != 1 or base.pilot.get("crossfit_folds", 1) != 1
-                     or bool({"pilot.finetune_fraction", "pilot.crossfit_folds"} & set(space.distributions)))
-        if prefix in RECTIFIED_PREFIXES and rectified:   # e.g. ppi/regression/<r>/width/mean
+        rectified = fixed.rectified or bool(set(SplitSettings.RECTIFY_KEYS) & set(space.distributions))
+        if prefix in ESTIMATORS and rectified:   # e.g. ppi/regression/<r>/width/mean
             if direction is None:
                 raise ConfigError("hydra.sweeper.direction", None, f"{objective} is not a fidelity metric: set "
                                   "minimize or maximize (an interval width: minimize)")
@@ -101,8 +103,8 @@ class OptunaSweep:
             if info is None or prefix not in arms:
                 raise ConfigError("hydra.sweeper.objective", objective,
                                   f"expected <arm>/<metric key> with an arm this sweep runs ({', '.join(arms)}), "
-                                  "e.g. finetuned/fidelity_score (keys: METRICS.md), or a rectified estimate's key "
-                                  "(ppi/regression/<r>/width/mean) when pilot.finetune_fraction < 1")
+                                  f"e.g. finetuned/{SCORE} (keys: METRICS.md), or a rectified estimate's key "
+                                  f"({rectified_key('ppi', 'R', 'width', 'mean')}) when pilot.finetune_fraction < 1")
             if direction is None:
                 if info.higher_is_better is None:
                     raise ConfigError("hydra.sweeper.direction", None, f"{objective} has no better direction in the "

@@ -1,0 +1,255 @@
+"""The Python API: score synthetic respondents against humans from a notebook or another pipeline,
+with the same metrics, options and report as the command line (whose scoring goes through here).
+
+    import fidelity_exp as fx
+
+    study = fx.load_study("conf/data/anes96.yaml")      # a spec file (or a dict) with its human data
+    scores = fx.score(study, "twins.csv", bootstrap=200)  # a frame, a file, or {arm: frame or file}
+    scores.metrics["synthetic/divergence/js/mean"]        # flat keys, as in metrics.json
+    scores.table()                                       # one row per arm and key (pandas)
+    scores.write_report("report/")                       # report.md, report.html, plots/
+    scores.log_to_mlflow(experiment="anes96")            # a new MLflow run with all of it
+
+Inputs are checked as the command line checks them (SURVEY_SPEC.md's file format); a problem is
+a `fidelity_exp.errors.UserError` whose message names the file or frame, the column and the value.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from fidelity_exp.metrics import Options, evaluate_arm, human_reference, registry
+from fidelity_exp.paths import resolve, write_json_atomic
+from fidelity_exp.study import Study, StudySpec, canonical_frame, load_spec_file, parse_spec, spec_from_config
+from fidelity_exp.study import load_study as checked_study
+from fidelity_exp.study import study_from_file
+from fidelity_exp.study.loading import config_file
+from fidelity_exp.study.spec import check_spec
+from fidelity_exp.study.synthetic_file import as_file_frame, check_synthetic, read_table
+
+__all__ = ["Scores", "evaluate", "load_spec", "load_study", "score"]
+
+DEFAULT_ARM = "synthetic"   # the arm name of a single synthetic set (the CLI's evaluate.arm default)
+
+
+def load_spec(source: str | os.PathLike | Mapping[str, Any]) -> StudySpec:
+    """A checked study spec (SURVEY_SPEC.md) from a YAML file, a dict, or a composed Hydra `data`
+    node (another Hydra app composing `data=anes96`); its data is not read.
+
+    >>> spec = load_spec({"name": "tiny", "version": 1, "source": {"kind": "csv", "path": "t.csv"},
+    ...                   "questions": [{"column": "q", "text": "Q?", "type": "binary",
+    ...                                  "options": {0: "no", 1: "yes"}}]})
+    >>> spec.question_columns
+    ['q']
+    """
+    from omegaconf import DictConfig
+
+    if isinstance(source, DictConfig):
+        return spec_from_config(source, origin=_config_origin(source), raw_file=_config_file(source))
+    if isinstance(source, Mapping):
+        return parse_spec(dict(source), origin="<dict>")
+    return load_spec_file(resolve(source))
+
+
+def load_study(source: str | os.PathLike | Mapping[str, Any]) -> Study:
+    """A study spec and its human data (the spec's `source`), both checked; one error lists every
+    problem of both. `source` as for `load_spec`."""
+    from omegaconf import DictConfig
+
+    if isinstance(source, DictConfig):
+        return study_from_config(source)
+    if isinstance(source, Mapping):
+        spec, problems = check_spec(dict(source), origin="<dict>")
+        return checked_study(spec, problems, origin="<dict>")
+    return study_from_file(resolve(source))
+
+
+def study_from_config(data_cfg: Any, choice: str | None = None) -> Study:
+    """The study of a composed `data` node (what the command line runs on). `choice` is the
+    option Hydra composed it from (default: the running app's `data` choice), for messages and
+    for reading the file's yes/no words as words."""
+    path = _config_file(data_cfg, choice)
+    spec, problems = spec_from_config(data_cfg, origin=_config_origin(data_cfg, choice), strict=False, raw_file=path)
+    return checked_study(spec, problems, origin=_config_origin(data_cfg, choice))
+
+
+def _data_choice(choice: str | None) -> str | None:
+    if choice is not None:
+        return choice
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+    except Exception:  # pragma: no cover - outside a Hydra app
+        return None
+
+
+def _config_file(data_cfg: Any, choice: str | None = None) -> str | None:
+    choice = _data_choice(choice)
+    return config_file("data", choice) if choice else None
+
+
+def _config_origin(data_cfg: Any, choice: str | None = None) -> str:
+    return _config_file(data_cfg, choice) or f"data={_data_choice(choice) or data_cfg.get('name')}"
+
+
+def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None, families: tuple[str, ...] | None = None,
+          min_group_size: int = 10, alpha: float = 0.05, bootstrap: int = 200, reference_splits: int = 20,
+          seed: int = 0, score_components: tuple[str, ...] | None = None) -> "Scores":
+    """Score synthetic respondents against humans on every fidelity metric (METRICS.md).
+
+    study: a `Study` (its data are the humans unless `human` is given) or a `StudySpec` (then
+        `human` is required).
+    synthetic: a frame or a CSV/parquet path in SURVEY_SPEC.md's format (one arm, named
+        "synthetic"), or a mapping {arm name: frame or path}. A `twin_of` column pairs each
+        synthetic respondent with a human id.
+    human: a frame (with the spec's id column, or its ids as the index) or a file of humans.
+    Keyword options are those of `conf/metrics/default.yaml` with the same defaults: `families`
+    and `score_components` None mean every registered family and the default components;
+    `bootstrap` (B) replicates for the 95% intervals, `reference_splits` (R) human halves.
+
+    Returns `Scores`: `.metrics` is the flat `{key: value or None}` of metrics.json.
+    """
+    spec = study.spec if isinstance(study, Study) else study
+    if human is None:
+        if not isinstance(study, Study):
+            raise TypeError("score(spec, ...) needs human=...: a frame or a file of human respondents")
+        human_frame = study.frame
+    else:
+        human_frame = read_humans(spec, human)
+    frames = synthetic if isinstance(synthetic, Mapping) else {DEFAULT_ARM: synthetic}
+    checked = {str(arm): read_synthetic(spec, data, human_ids=human_frame.index, name=f"arm {arm}")
+               for arm, data in frames.items()}
+    options = Options(families=families, min_group_size=min_group_size, alpha=alpha, bootstrap=bootstrap,
+                      reference_splits=reference_splits, seed=seed, score_components=score_components)
+    return evaluate(spec, human_frame, checked, options)
+
+
+def read_humans(spec: StudySpec, data: Any, *, what: str = "human file") -> pd.DataFrame:
+    """Humans from a frame or a file, checked against the spec, as a canonical frame (index = id).
+    A frame without the spec's id column brings its ids as the index."""
+    if isinstance(data, pd.DataFrame):
+        raw, origin, name = data, "the human frame", "the human frame"
+        if spec.id and spec.id not in raw.columns:
+            raw = raw.rename_axis(spec.id).reset_index()
+    else:
+        origin = str(resolve(data))
+        raw, name = read_table(origin, what), f"file {origin!r}"
+    return canonical_frame(spec, raw, origin=origin, data_name=name, use_id=True)
+
+
+def read_synthetic(spec: StudySpec, data: Any, *, human_ids: pd.Index, name: str) -> pd.DataFrame:
+    """Synthetic respondents from a frame or a file, checked like the CLI checks a user's file."""
+    if isinstance(data, pd.DataFrame):
+        return check_synthetic(spec, data, name=name, human_ids=human_ids)
+    path = str(resolve(data))
+    return check_synthetic(spec, read_table(path, name), name=path, human_ids=human_ids)
+
+
+def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.DataFrame], options: Options
+             ) -> "Scores":
+    """Every arm's metrics (arm-prefixed) and the human split-half reference, from canonical frames."""
+    metrics: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    for arm, frame in synthetic.items():
+        result = evaluate_arm(spec, human, frame, options)
+        metrics.update(registry.prefixed(arm, result.values))
+        notes.update(registry.prefixed(arm, result.notes))
+    metrics.update(human_reference(spec, human, options))
+    return Scores(spec=spec, human=human, synthetic=dict(synthetic), options=options, metrics=metrics, notes=notes)
+
+
+@dataclass
+class Scores:
+    """The result of scoring: flat metrics (metrics.json's keys), notes (run tags such as why a
+    regression could not be fitted), and what they were computed from."""
+
+    spec: StudySpec
+    human: pd.DataFrame
+    synthetic: dict[str, pd.DataFrame]
+    options: Options
+    metrics: dict[str, float | None]
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def arms(self) -> list[str]:
+        return list(self.synthetic)
+
+    def add(self, metrics: Mapping[str, float | None], notes: Mapping[str, str] = ()) -> None:
+        """Add keys computed elsewhere from the same run (the rectified estimates)."""
+        self.metrics.update(metrics)
+        self.notes.update(dict(notes))
+
+    def table(self) -> pd.DataFrame:
+        """One row per arm and metric key: value, 95% interval, the human split-half reference,
+        the better direction and the key's role: aggregate (intervals, reference) or item (one
+        question, level, pair or term). Undefined values are NaN."""
+        rows = []
+        for arm in self.arms:
+            head = f"{arm}/"
+            for full, value in self.metrics.items():
+                if not full.startswith(head) or registry.bare_key(full) != full:
+                    continue
+                key = full[len(head):]
+                low, high = (self.metrics.get(k) for k in registry.interval_keys(full))
+                rows.append({"arm": arm, "key": key, "value": value, "ci_low": low, "ci_high": high,
+                             "human_split": self.metrics.get(registry.reference_key(key)),
+                             "better": registry.direction_words(key) or None,
+                             "role": "aggregate" if registry.is_aggregate(key) else "item"})
+        columns = ["arm", "key", "value", "ci_low", "ci_high", "human_split", "better", "role"]
+        frame = pd.DataFrame(rows, columns=columns)
+        for c in ("value", "ci_low", "ci_high", "human_split"):
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
+        return frame
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        """metrics.json: one flat object, undefined values as null, written atomically."""
+        path = Path(path)
+        write_json_atomic(path, self.metrics)
+        return path
+
+    def write_report(self, folder: str | os.PathLike, *, title: str | None = None) -> list[Path]:
+        """report.md, report.html (plots embedded) and plots/*.png; returns their paths."""
+        from fidelity_exp.report import write_report
+
+        return write_report(Path(folder), self.spec, self.human, self.synthetic, self.metrics,
+                            title=title or f"fidelity_exp report: {self.spec.name}")
+
+    def log_to(self, tracked: Any, *, metrics_json: Path | None = None) -> None:
+        """Into an open run (`tracking.TrackedRun`): metrics, notes as tags, metrics.json, the
+        synthetic sets (`synthetic/<arm>.csv`) and the report (`report/`)."""
+        tracked.log_metrics(self.metrics)
+        if self.notes:
+            tracked.set_tags(self.notes)
+        with tempfile.TemporaryDirectory() as tmp:
+            tracked.log_file(metrics_json or self.write_json(Path(tmp) / "metrics.json"))
+            for arm, frame in self.synthetic.items():
+                tracked.log_frame(as_file_frame(self.spec, frame), f"synthetic/{arm}.csv")
+            self.write_report(Path(tmp) / "report")
+            tracked.log_dir(Path(tmp) / "report", "report")
+
+    def log_to_mlflow(self, *, experiment: str | None = None, run_name: str | None = None,
+                      tracking_uri: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        """A new MLflow run (experiment: the study's name by default) holding everything `log_to`
+        logs; the store is `tracking_uri`, else $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db as
+        for the command line. Returns the run id."""
+        from omegaconf import OmegaConf
+
+        from fidelity_exp import tracking
+
+        cfg = OmegaConf.create({"paths": {"mlruns": "mlruns"}, "tracking": {
+            "uri": tracking_uri, "experiment": experiment or self.spec.name, "artifact_root": "mlruns/artifacts",
+            "run_id": None}})
+        all_tags = {"study.name": self.spec.name, "study.version": self.spec.version, "mode": "api",
+                    "arms": ",".join(self.arms), **dict(tags or {})}
+        with tracking.start_run(cfg, run_name=run_name or f"{self.spec.name}-api", tags=all_tags) as tracked:
+            tracked.log_params({"metrics." + k: str(v) for k, v in vars(self.options).items()})
+            self.log_to(tracked)
+            return tracked.run_id
+
