@@ -1,7 +1,9 @@
-"""Time the full metric suite at the size issue #3 fixes: 5,000 humans x 5,000 synthetic
-respondents, 10 questions, B=200 bootstrap replicates, R=20 human split-half references.
+"""Time the full metric suite at 5,000 humans x 5,000 synthetic respondents per arm, 10
+questions, all families: two arms, each with B=200 bootstrap replicates (bias-corrected
+intervals) and R=200 paired swaps (tests against the humans), the pair compared (its own 200
+swaps; the intervals reuse the arms' shared resamples), and 20 human split-half references.
 
-    python benchmarks/metrics_suite.py [--n 5000] [--bootstrap 200] [--out result.json]
+    python benchmarks/metrics_suite.py [--n 5000] [--bootstrap 200] [--permutations 200] [--out result.json]
 
 Prints a human summary and, as its last line, one JSON object with the figures.
 """
@@ -15,9 +17,10 @@ import time
 import numpy as np
 import pandas as pd
 
+from fidelity_exp.api import evaluate
 from fidelity_exp.metrics import Options, evaluate_arm, human_reference
 from fidelity_exp.metrics.encoded import encode
-from fidelity_exp.metrics.suite import Context, compute
+from fidelity_exp.metrics.suite import Context, compare_arms, compute
 from fidelity_exp.study import canonical_frame, parse_spec
 
 
@@ -61,22 +64,38 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--reference-splits", type=int, default=20)
+    parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     spec = make_spec()
-    human, synthetic = make_frame(spec, args.n, 0, 0.0), make_frame(spec, args.n, 1, 0.2)
-    synthetic["twin_of"] = human.index.to_numpy()   # one twin per human: twin accuracy is timed too
-    opts = Options(bootstrap=args.bootstrap, reference_splits=args.reference_splits)
+    human = make_frame(spec, args.n, 0, 0.0)
+    arms = {"a": make_frame(spec, args.n, 1, 0.2), "b": make_frame(spec, args.n, 2, 0.1)}
+    for frame in arms.values():
+        frame["twin_of"] = human.index.to_numpy()   # one twin per human: paired tests, twin accuracy timed too
+    opts = Options(bootstrap=args.bootstrap, reference_splits=args.reference_splits, permutations=args.permutations,
+                   compare=(("a", "b"),))
 
     t0 = time.perf_counter()
-    result = evaluate_arm(spec, human, synthetic, opts)
-    t1 = time.perf_counter()
+    scores = evaluate(spec, human, arms, opts)     # what a run does: both arms, the pair, the reference
+    total = time.perf_counter() - t0
+    # the parts, separately
+    t = time.perf_counter()
+    results = {"a": evaluate_arm(spec, human, arms["a"], Options(bootstrap=args.bootstrap, permutations=0))}
+    bootstrap_s = time.perf_counter() - t
+    t = time.perf_counter()
+    evaluate_arm(spec, human, arms["a"], Options(bootstrap=0, permutations=args.permutations))
+    swaps_s = time.perf_counter() - t
+    results["b"] = evaluate_arm(spec, human, arms["b"], Options(bootstrap=args.bootstrap, permutations=0))
+    t = time.perf_counter()
+    compare_arms(spec, human, arms, results, ("a", "b"), Options(permutations=args.permutations))
+    compare_s = time.perf_counter() - t
+    t = time.perf_counter()
     reference = human_reference(spec, human, opts)
-    t2 = time.perf_counter()
+    reference_s = time.perf_counter() - t
 
     # where the time goes: one batch of B replicates, family by family
-    h, s = encode(spec, human), encode(spec, synthetic)
+    h, s = encode(spec, human), encode(spec, arms["a"])
     rng = np.random.default_rng(0)
     hi, si = rng.integers(0, h.n, (args.bootstrap, h.n)), rng.integers(0, s.n, (args.bootstrap, s.n))
     per_family = {}
@@ -87,15 +106,19 @@ def main() -> None:
         per_family[name] = round(time.perf_counter() - t, 2)
 
     figures = {
-        "n_human": args.n, "n_synthetic": args.n, "questions": len(spec.questions), "bootstrap": args.bootstrap,
-        "reference_splits": args.reference_splits, "keys": len(result.values) + len(reference),
-        "evaluate_arm_s": round(t1 - t0, 2), "human_reference_s": round(t2 - t1, 2),
-        "suite_total_s": round(t2 - t0, 2), "bootstrap_batch_s_by_family": per_family,
-        "fidelity_score": result.values["fidelity_score"],
+        "n_human": args.n, "n_synthetic_per_arm": args.n, "arms": 2, "questions": len(spec.questions),
+        "bootstrap": args.bootstrap, "permutations": args.permutations, "reference_splits": args.reference_splits,
+        "keys": len(scores.metrics), "suite_total_s": round(total, 2),
+        "one_arm_bootstrap_s": round(bootstrap_s, 2), "one_arm_swap_tests_s": round(swaps_s, 2),
+        "one_comparison_s": round(compare_s, 2), "human_reference_s": round(reference_s, 2),
+        "bootstrap_batch_s_by_family": per_family, "fidelity_score_a": scores.metrics["a/fidelity_score"],
+        "reference_keys": len(reference),
     }
-    print(f"metric suite, {args.n} x {args.n} respondents, {len(spec.questions)} questions, B={args.bootstrap}, "
-          f"R={args.reference_splits}: arm {figures['evaluate_arm_s']} s + reference {figures['human_reference_s']} s "
-          f"= {figures['suite_total_s']} s ({figures['keys']} keys)")
+    print(f"metric suite, {args.n} humans x 2 arms of {args.n}, {len(spec.questions)} questions, B={args.bootstrap}, "
+          f"R={args.permutations} swaps, {args.reference_splits} reference halves: {figures['suite_total_s']} s "
+          f"({figures['keys']} keys); per arm: bootstrap {figures['one_arm_bootstrap_s']} s, swap tests "
+          f"{figures['one_arm_swap_tests_s']} s; the comparison {figures['one_comparison_s']} s; reference "
+          f"{figures['human_reference_s']} s")
     print("one bootstrap batch by family (s):", per_family)
     line = json.dumps(figures)
     if args.out:

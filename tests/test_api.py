@@ -55,14 +55,23 @@ def files(tmp_path_factory):
 def test_cli_evaluate_only_and_the_api_give_identical_metrics(files, tmp_path):
     done = cli("+experiment=evaluate", "data=anes96", f"evaluate.synthetic={files / 'twins.csv'}",
                f"evaluate.human={files / 'humans.csv'}", "evaluate.arm=other", "metrics.bootstrap=30",
-               "metrics.reference_splits=4", "seed=5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+               "metrics.reference_splits=4", "metrics.permutations=25", "seed=5", f"hydra.run.dir={tmp_path / 'run'}",
+               cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     from_cli = json.loads((tmp_path / "run" / "metrics.json").read_text())
     study = fx.load_study(CONF / "data" / "anes96.yaml")
     scores = fx.score(study.spec, {"other": files / "twins.csv"}, human=files / "humans.csv", bootstrap=30,
-                      reference_splits=4, seed=5)
+                      reference_splits=4, permutations=25, seed=5)
     assert json.loads(json.dumps(scores.metrics)) == from_cli      # every key, bit for bit
     assert from_cli["other/divergence/js/mean/ci_low"] is not None
+    # a user's file gets the tests against the humans: paired by twin_of, by label permutation without it
+    assert from_cli["other/divergence/js/mean/perm/q_value"] is not None
+    assert scores.notes["other/tests/design"] == "paired_swap"
+    unpaired = pd.read_csv(files / "twins.csv").drop(columns=["twin_of"])
+    pooled = fx.score(study.spec, {"other": unpaired}, human=files / "humans.csv", bootstrap=0, reference_splits=0,
+                      permutations=25)
+    assert pooled.notes["other/tests/design"] == "label_permutation"
+    assert pooled.metrics["other/divergence/js/mean/perm/p_value"] is not None
 
 
 def test_the_api_defaults_are_the_command_lines(composer):

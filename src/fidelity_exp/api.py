@@ -24,7 +24,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from fidelity_exp.errors import ConfigError
 from fidelity_exp.metrics import Options, evaluate_arm, human_reference, registry
+from fidelity_exp.metrics.suite import compare_arms
 from fidelity_exp.paths import resolve, write_json_atomic
 from fidelity_exp.study import Study, StudySpec, canonical_frame, load_spec_file, parse_spec, spec_from_config
 from fidelity_exp.study import load_study as checked_study
@@ -101,7 +103,8 @@ def _config_origin(data_cfg: Any, choice: str | None = None) -> str:
 
 def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None, families: tuple[str, ...] | None = None,
           min_group_size: int = 10, alpha: float = 0.05, bootstrap: int = 200, reference_splits: int = 20,
-          seed: int = 0, score_components: tuple[str, ...] | None = None) -> "Scores":
+          seed: int = 0, score_components: tuple[str, ...] | None = None, interval: str = "bias_aware",
+          permutations: int = 200, fdr: float = 0.05, compare=None) -> "Scores":
     """Score synthetic respondents against humans on every fidelity metric (METRICS.md).
 
     study: a `Study` (its data are the humans unless `human` is given) or a `StudySpec` (then
@@ -112,7 +115,10 @@ def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None, famili
     human: a frame (with the spec's id column, or its ids as the index) or a file of humans.
     Keyword options are those of `conf/metrics/default.yaml` with the same defaults: `families`
     and `score_components` None mean every registered family and the default components;
-    `bootstrap` (B) replicates for the 95% intervals, `reference_splits` (R) human halves.
+    `bootstrap` (B) replicates for the 95% intervals (method `interval`: "bias_aware", "percentile", "basic" or "bc"),
+    `reference_splits` human halves, `permutations` (R) swaps for the tests against the humans
+    (0: none), `fdr` their false discovery rate; `compare` pairs of arms, e.g.
+    [("finetuned", "base")] or ["finetuned__vs__base"] (None: no comparisons).
 
     Returns `Scores`: `.metrics` is the flat `{key: value or None}` of metrics.json.
     """
@@ -127,7 +133,9 @@ def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None, famili
     checked = {str(arm): read_synthetic(spec, data, human_ids=human_frame.index, name=f"arm {arm}")
                for arm, data in frames.items()}
     options = Options(families=families, min_group_size=min_group_size, alpha=alpha, bootstrap=bootstrap,
-                      reference_splits=reference_splits, seed=seed, score_components=score_components)
+                      reference_splits=reference_splits, seed=seed, score_components=score_components,
+                      interval=interval, permutations=permutations, fdr=fdr,
+                      compare=None if compare is None else tuple(compare))
     return evaluate(spec, human_frame, checked, options)
 
 
@@ -157,10 +165,20 @@ def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.Da
     """Every arm's metrics (arm-prefixed) and the human split-half reference, from canonical frames."""
     metrics: dict[str, float | None] = {}
     notes: dict[str, str] = {}
+    results = {}
+    for arm in synthetic:
+        for pair in options.compare or ():
+            if any(name not in synthetic for name in pair):
+                raise ConfigError("metrics.compare", "__vs__".join(pair),
+                                  f"expected pairs of the arms scored here ({', '.join(synthetic)})")
     for arm, frame in synthetic.items():
-        result = evaluate_arm(spec, human, frame, options)
+        results[arm] = result = evaluate_arm(spec, human, frame, options)
         metrics.update(registry.prefixed(arm, result.values))
         notes.update(registry.prefixed(arm, result.notes))
+    for pair in options.compare or ():
+        compared, why = compare_arms(spec, human, synthetic, results, pair, options)
+        metrics.update(compared)
+        notes.update(why)
     metrics.update(human_reference(spec, human, options))
     return Scores(spec=spec, human=human, synthetic=dict(synthetic), options=options, metrics=metrics, notes=notes)
 
@@ -187,9 +205,10 @@ class Scores:
         self.notes.update(dict(notes))
 
     def table(self) -> pd.DataFrame:
-        """One row per arm and metric key: value, 95% interval, the human split-half reference,
-        the better direction and the key's role: aggregate (intervals, reference) or item (one
-        question, level, pair or term). Undefined values are NaN."""
+        """One row per arm and metric key: value, 95% interval, the swap tests against the humans
+        (null_median, p_value, q_value), the human split-half reference, the better direction and
+        the key's role: aggregate (intervals, reference, tests) or item (one question, level, pair
+        or term). Undefined values are NaN."""
         rows = []
         for arm in self.arms:
             head = f"{arm}/"
@@ -198,13 +217,14 @@ class Scores:
                     continue
                 key = full[len(head):]
                 low, high = (self.metrics.get(k) for k in registry.interval_keys(full))
-                rows.append({"arm": arm, "key": key, "value": value, "ci_low": low, "ci_high": high,
+                tests = {w: self.metrics.get(registry.perm_key(full, w)) for w in registry.PERM}
+                rows.append({"arm": arm, "key": key, "value": value, "ci_low": low, "ci_high": high, **tests,
                              "human_split": self.metrics.get(registry.reference_key(key)),
                              "better": registry.direction_words(key) or None,
                              "role": "aggregate" if registry.is_aggregate(key) else "item"})
-        columns = ["arm", "key", "value", "ci_low", "ci_high", "human_split", "better", "role"]
-        frame = pd.DataFrame(rows, columns=columns)
-        for c in ("value", "ci_low", "ci_high", "human_split"):
+        numbers = ["value", "ci_low", "ci_high", *registry.PERM, "human_split"]
+        frame = pd.DataFrame(rows, columns=["arm", "key", *numbers, "better", "role"])
+        for c in numbers:
             frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
         return frame
 
@@ -219,7 +239,8 @@ class Scores:
         from fidelity_exp.report import write_report
 
         return write_report(Path(folder), self.spec, self.human, self.synthetic, self.metrics,
-                            title=title or f"fidelity_exp report: {self.spec.name}")
+                            title=title or f"fidelity_exp report: {self.spec.name}", fdr=self.options.fdr,
+                            components=self.options.score_components)
 
     def log_to(self, tracked: Any, *, metrics_json: Path | None = None) -> None:
         """Into an open run (`tracking.TrackedRun`): metrics, notes as tags, metrics.json, the

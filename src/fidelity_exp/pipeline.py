@@ -9,6 +9,7 @@ it FAILED with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp import api, tracking
 from fidelity_exp.arms import Arm, ArmContext, build_arms
-from fidelity_exp.arms.llm import FINETUNE_METHODS, Finetuned, LLMSession, LLMSettings
+from fidelity_exp.arms.llm import FINETUNE_METHODS, BaseModel, Finetuned, LLMSession, LLMSettings
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import PREDICTIONS, TwinSets, rectified_regressions
 from fidelity_exp.metrics import Options
@@ -106,6 +107,15 @@ def setup_evaluate(evaluate_cfg: DictConfig, study: Study) -> tuple[pd.DataFrame
                                            name="evaluate.synthetic")}
 
 
+def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
+    """METRICS.md section 11's default: every LLM arm against the base model and against each
+    no-LLM baseline."""
+    llm = [name for name, arm in arms.items() if arm.uses_llm]
+    bases = [name for name, arm in arms.items() if isinstance(arm, BaseModel)]
+    baselines = [name for name, arm in arms.items() if not arm.uses_llm]
+    return tuple((a, b) for a in llm for b in [*bases, *baselines] if a != b)
+
+
 def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | None = None) -> Plan:
     """The run `cfg` describes, every part read from its own config group and checked."""
     choices = choices or {}
@@ -121,6 +131,12 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     predictions = (cfg.get("ppi") or {}).get("predictions", "expected")
     if predictions not in PREDICTIONS:
         raise ConfigError("ppi.predictions", predictions, f"expected one of {', '.join(PREDICTIONS)}")
+    if options.compare is None:
+        options = dataclasses.replace(options, compare=default_comparisons(arms))
+    for pair in options.compare:
+        if any(name not in arms for name in pair):
+            raise ConfigError("metrics.compare", "__vs__".join(pair), f"expected pairs of this run's arms "
+                              f"({', '.join(arms) or 'none'})")
     llm = None
     if any(arm.uses_llm for arm in arms.values()):
         llm = LLMSettings(model=cfg.model, simulate=cfg.simulate, finetune=cfg.finetune,

@@ -37,7 +37,8 @@ def frame(data: dict) -> pd.DataFrame:
 
 
 def values(human=HUMAN, synth=SYNTH, spec=SPEC, **options) -> dict:
-    opts = Options(bootstrap=0, reference_splits=0, min_group_size=options.pop("min_group_size", 2), **options)
+    opts = Options(bootstrap=0, reference_splits=0, permutations=0, min_group_size=options.pop("min_group_size", 2),
+                   **options)
     return evaluate_arm(spec, frame(human), frame(synth), opts).values
 
 

@@ -46,7 +46,7 @@ def frame(records, twins: bool = False) -> pd.DataFrame:
 
 
 def evaluate(h, s):
-    return evaluate_arm(SPEC, h, s, Options(bootstrap=0, reference_splits=0, min_group_size=2)).values
+    return evaluate_arm(SPEC, h, s, Options(bootstrap=0, reference_splits=0, permutations=0, min_group_size=2)).values
 
 
 COMMON = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -35,10 +35,14 @@ OWNERS = {
     "pilot_only": {"inference/regressions.py"},
     "synthetic_only": {"inference/regressions.py"},
     "truth": {"inference/regressions.py"},
+    "tests": set(),
+    "compare": set(),
+    "perm": set(),
 }
 ALWAYS = {"metrics/registry.py"}
 KEY = re.compile(r"(?:^|/)(divergence|heterogeneity|subgroup|within_group|coherence|regression|individual|ppi|"
-                 r"pilot_only|synthetic_only|truth)/|(fidelity_score)|(reference/human_split)|/(ci_low|ci_high)\b")
+                 r"pilot_only|synthetic_only|truth|tests|compare)/|(fidelity_score)|(reference/human_split)|"
+                 r"/(ci_low|ci_high)\b|/(perm)/")
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

@@ -16,7 +16,7 @@ from fidelity_exp.study.synthetic import TRUE_COEFFICIENTS, disclosure
 from ..conftest import CONF
 
 SPEC = load_spec_file(CONF / "data" / "disclosure.yaml")
-OPTS = Options(families=("regression",), bootstrap=0, reference_splits=0)
+OPTS = Options(families=("regression",), bootstrap=0, reference_splits=0, permutations=0)
 
 
 def draw(n, seed, **coefficients):

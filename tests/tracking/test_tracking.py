@@ -14,7 +14,7 @@ from fidelity_exp.study import draw_split, load_study, spec_from_config
 from fidelity_exp.tracking import start_run, tracking_uri
 
 
-SMALL = ("metrics.bootstrap=10", "metrics.reference_splits=2")
+SMALL = ("metrics.bootstrap=10", "metrics.reference_splits=2", "metrics.permutations=10")
 # The quickstart's recipe at test size: the tiny random model, a short fine-tune, 60 twins.
 TINY = ("model=tiny_random", "finetune.max_steps=2", "eval.n=60")
 
@@ -152,6 +152,27 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
     assert version.run_id == run.info.run_id and run.data.tags["adapter.uri"] == "models:/anes96-tiny_random-lora/1"
     twins = pd.read_csv(client.download_artifacts(run.info.run_id, "synthetic/finetuned.csv", str(tmp_path)))
     assert len(twins) == 20 and "vote__p__1" in twins.columns
+
+    # sound conclusions: every interval holds its estimate; every headline key of the LLM arms has its
+    # tests against the humans and its comparisons with base and each baseline; the verdict is reported
+    from fidelity_exp.metrics import registry
+
+    for key, low in result.items():
+        if key.endswith("/ci_low") and low is not None:
+            stem = key.removesuffix("/ci_low")
+            point = result.get(stem, result.get(stem + "/better"))
+            assert low <= point <= result[stem + "/ci_high"], key
+    headline = registry.headline_keys({k.removeprefix("finetuned/") for k in result if k.startswith("finetuned/")})
+    for key in headline:
+        if result[f"finetuned/{key}"] is None or registry.key_info(key).swap_invariant:
+            continue
+        assert result[registry.perm_key(f"finetuned/{key}", "p_value")] is not None, key
+        for other in ("base", "pilot_resample", "tabular"):
+            assert registry.compare_key("finetuned", other, key, "p_value") in result, (key, other)
+    assert run.data.tags["finetuned/tests/design"] == "paired_swap"
+    report = client.download_artifacts(run.info.run_id, "report/report.md", str(tmp_path))
+    text = open(report).read()
+    assert "## Verdict" in text and "finetuned is indistinguishable from the humans on" in text
 
     # the registered adapter drives a later run's finetuned arm without training
     cfg2, choices2 = composer("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune=registered",

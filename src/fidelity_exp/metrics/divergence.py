@@ -61,9 +61,9 @@ _DISTANCE = dict(better=LOWER, bounds=(0, 1), identical=0.0, symmetric=True)
 
 @register(
     "divergence",
-    KeyInfo("divergence/js/mean", **_DISTANCE, aggregate=True, headline=True, curve=True),
-    KeyInfo("divergence/tvd/mean", **_DISTANCE, aggregate=True, headline=True),
-    KeyInfo("divergence/w1/mean", **_DISTANCE, aggregate=True, headline=True),
+    KeyInfo("divergence/js/mean", **_DISTANCE, aggregate=True, headline=True, curve=True, bias="divergence"),
+    KeyInfo("divergence/tvd/mean", **_DISTANCE, aggregate=True, headline=True, bias="distance"),
+    KeyInfo("divergence/w1/mean", **_DISTANCE, aggregate=True, headline=True, bias="distance"),
     KeyInfo("divergence/js/*", **_DISTANCE),
     KeyInfo("divergence/tvd/*", **_DISTANCE),
     KeyInfo("divergence/w1/*", **_DISTANCE),

@@ -42,7 +42,9 @@ _RATIO = dict(better=ONE, bounds=(0, np.inf), identical=1.0)
     "heterogeneity",
     KeyInfo("heterogeneity/unique_profiles/human", bounds=(0, np.inf)),
     KeyInfo("heterogeneity/unique_profiles/synthetic", bounds=(0, np.inf)),
-    KeyInfo("heterogeneity/unique_profiles/ratio", **_RATIO, aggregate=True, headline=True),
+    KeyInfo("heterogeneity/unique_profiles/ratio", **_RATIO, aggregate=True, headline=True, no_interval=(
+        "a bootstrap resample repeats respondents, so it holds fewer distinct answer profiles than the data: "
+        "a count the bootstrap cannot reproduce; its swap test (perm/) compares it with the humans")),
     KeyInfo("heterogeneity/entropy/*", bounds=(0, 1)),
     KeyInfo("heterogeneity/entropy_ratio/mean", **_RATIO, aggregate=True, headline=True, curve=True),
     KeyInfo("heterogeneity/sd_ratio/mean", **_RATIO, aggregate=True, headline=True),

@@ -45,6 +45,8 @@ class KeyInfo:
     headline: bool = False
     curve: bool = False
     swap_invariant: bool = False    # swapping a twin's answers with its human's leaves it unchanged
+    no_interval: str | None = None  # why an aggregate gets no bootstrap interval (a run tag says it)
+    bias: str | None = None         # the interval's bias correction (metrics/intervals.py): divergence, distance
 
     def __post_init__(self) -> None:
         if self.better not in (None, LOWER, HIGHER, ONE):
@@ -139,6 +141,10 @@ def default_components() -> tuple[str, ...]:
 
 REFERENCE = "reference/human_split"
 INTERVAL = ("ci_low", "ci_high")
+PERM = ("null_median", "p_value", "q_value")             # section 10, per tested key
+TESTS = "tests"                                          # section 10, per arm
+COMPARE = "compare"                                      # section 11, per pair of arms
+COMPARISON = ("diff", "better", "ci_low", "ci_high", "p_value")
 
 
 def clean(name: object) -> str:
@@ -162,12 +168,52 @@ def reference_key(key: str) -> str:
     return f"{REFERENCE}/{key}"
 
 
-_SUFFIX = re.compile(rf"/({'|'.join(INTERVAL)})$")
+def perm_key(key: str, what: str) -> str:
+    """E.g. perm_key("divergence/js/mean", "p_value") -> 'divergence/js/mean/perm/p_value'."""
+    assert what in PERM, what
+    return f"{key}/perm/{what}"
+
+
+def tests_key(what: str) -> str:
+    """An arm's summary of its tests: 'distinguishable/share', 'n_tested', 'n_distinguishable', 'design'."""
+    return f"{TESTS}/{what}"
+
+
+def pair_name(a: str, b: str) -> str:
+    return f"{a}__vs__{b}"
+
+
+def compare_key(a: str, b: str, key: str | None, what: str = "better_share") -> str:
+    """E.g. compare_key("finetuned", "base", "divergence/js/mean", "p_value"), or the pair's
+    `better_share` with key None."""
+    assert what in COMPARISON or (key is None and what == "better_share"), what
+    return f"{COMPARE}/{pair_name(a, b)}/" + (f"{key}/{what}" if key is not None else what)
+
+
+def compared_pairs(keys: Iterable[str]) -> list[tuple[str, str]]:
+    """The (A, B) pairs that have comparison keys among `keys`, in first-seen order."""
+    pairs: dict[tuple[str, str], None] = {}
+    for key in keys:
+        parts = key.split("/")
+        if parts[0] == COMPARE and len(parts) > 2 and "__vs__" in parts[1]:
+            a, b = parts[1].split("__vs__", 1)
+            pairs[(a, b)] = None
+    return list(pairs)
+
+
+_SUFFIX = re.compile(rf"/({'|'.join(INTERVAL)}|perm/(?:{'|'.join(PERM)}))$")
 
 
 def bare_key(key: str) -> str:
-    """A key without the interval suffix and the reference prefix (the arm prefix stays)."""
+    """A key without the interval or test suffix and the reference prefix (the arm prefix stays)."""
     return _SUFFIX.sub("", key).removeprefix(f"{REFERENCE}/")
+
+
+# An arm's tests against the humans (section 10): descriptive counts and the share of score
+# components it is distinguishable on.
+register_derived(KeyInfo(tests_key("distinguishable/share"), better=LOWER, bounds=(0, 1), identical=0.0))
+register_derived(KeyInfo(tests_key("n_tested"), bounds=(0, np.inf)))
+register_derived(KeyInfo(tests_key("n_distinguishable"), bounds=(0, np.inf), identical=0.0))
 
 
 # --- what a key means ---------------------------------------------------------------------

@@ -194,14 +194,27 @@ def regression(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts) -> 
                 notes[f"regression/{r}/error/{side}"] = str(e)
         if len(designs) < 2:
             continue
+        # A side whose rows are the same in every batch row (the humans while two arms' twins are
+        # swapped) is fitted once.
+        fixed = {"human": B > 1 and bool((hi == hi[:1]).all()), "synthetic": B > 1 and bool((si == si[:1]).all())}
+        once: dict[str, Fit | FitFailure] = {}
         for b in range(B):
             fits = {}
             for side, idx in (("human", hi[b]), ("synthetic", si[b])):
                 d = designs[side]
                 rows = d.row_of[idx]
                 try:
+                    if fixed[side] and side in once:
+                        if isinstance(once[side], FitFailure):
+                            raise once[side]
+                        fits[side] = once[side]
+                        continue
                     fits[side] = fit(reg, d, rows[rows >= 0], opts.alpha)
+                    if fixed[side]:
+                        once[side] = fits[side]
                 except FitFailure as e:
+                    if fixed[side]:
+                        once[side] = e
                     if b == 0:
                         notes[f"regression/{r}/error/{side}"] = str(e)
             if len(fits) < 2:

@@ -28,7 +28,7 @@ def _questions(h: Encoded, sg):
     return [(j, q) for j, q in enumerate(h.spec.questions) if q.column != sg.column]
 
 
-_JS = dict(better=LOWER, bounds=(0, 1), identical=0.0)
+_JS = dict(better=LOWER, bounds=(0, 1), identical=0.0, bias="divergence")
 
 
 def level_key(subgroup: str, level: str) -> str:

@@ -1,34 +1,40 @@
-"""Score one arm against the humans: point values, bootstrap intervals, the human reference.
+"""Score arms against the humans: point values, bootstrap intervals, tests against the humans,
+the human reference, and arm-versus-arm comparisons (METRICS.md sections 8, 10, 11).
 
-    values = evaluate_arm(spec, human_frame, synthetic_frame, options)
+    result = evaluate_arm(spec, human_frame, synthetic_frame, options)      # one arm
     reference = human_reference(spec, human_frame, options)
+    compared = compare_arms(spec, human_frame, {"a": frame_a, "b": frame_b}, results, ("a", "b"), options)
 
-Both return flat `{key: float | None}` dicts with METRICS.md keys (without the arm prefix);
-None means undefined. `prefixed(arm, values)` adds the arm.
+They return flat `{key: float | None}` dicts with METRICS.md keys (without the arm prefix for an
+arm; `registry.prefixed(arm, values)` adds it); None means undefined.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from fidelity_exp.metrics import registry
+from fidelity_exp.errors import ConfigError
+from fidelity_exp.metrics import registry, swap
 from fidelity_exp.metrics.encoded import Encoded, encode
-from fidelity_exp.metrics.registry import interval_keys, prefixed, reference_key
+from fidelity_exp.metrics.intervals import METHODS, interval
+from fidelity_exp.metrics.registry import interval_keys, perm_key, reference_key, tests_key
 from fidelity_exp.metrics.score import SCORE, check_components, fidelity_score
 from fidelity_exp.study.spec import StudySpec
 
-MIN_DEFINED_REPLICATES = 0.5  # an interval needs at least this share of replicates defined
+MIN_DEFINED_SWAPS = 0.5      # a test needs at least this share of its swapped values defined
+SWAP_STREAM, COMPARE_STREAM = 2, 3   # seed offsets: the reference uses [seed, 1], the bootstrap seed itself
 
 
 @dataclass
 class Options:
     """The metric options (`conf/metrics/default.yaml` documents each); None for `families` and
-    `score_components` means every registered family and the declared default components."""
+    `score_components` means every registered family and the declared default components;
+    `compare` lists (A, B) pairs of arms (None: none here; a run fills in METRICS.md's default)."""
 
     families: tuple[str, ...] | None = None
     min_group_size: int = 10
@@ -37,11 +43,24 @@ class Options:
     reference_splits: int = 20
     seed: int = 0
     score_components: tuple[str, ...] | None = None
+    interval: str = "bias_aware"
+    permutations: int = 200
+    fdr: float = 0.05
+    compare: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         self.families = tuple(registry.FAMILIES.check(list(registry.FAMILIES) if self.families is None
                                                       else self.families))
         self.score_components = tuple(check_components(self.score_components))
+        METHODS[self.interval]
+        for name in ("bootstrap", "reference_splits", "permutations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ConfigError(f"metrics.{name}", value, "expected an integer >= 0 (0: none)")
+        if not 0 < self.fdr < 1:
+            raise ConfigError("metrics.fdr", self.fdr, "expected a false discovery rate in (0, 1), e.g. 0.05")
+        if self.compare is not None:
+            self.compare = tuple(_pair(p) for p in self.compare)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Options":
@@ -51,8 +70,22 @@ class Options:
 
         return cls(families=listed("families"), min_group_size=int(cfg.min_group_size), alpha=float(cfg.alpha),
                    bootstrap=int(cfg.bootstrap), reference_splits=int(cfg.reference_splits), seed=int(cfg.seed),
-                   score_components=listed("score_components"))
+                   score_components=listed("score_components"), interval=str(cfg.get("interval", "bias_aware")),
+                   permutations=int(cfg.get("permutations", 200)), fdr=float(cfg.get("fdr", 0.05)),
+                   compare=listed("compare"))
 
+
+def _pair(p: Any) -> tuple[str, str]:
+    """An (A, B) pair from [A, B] or 'A__vs__B'."""
+    if isinstance(p, str) and "__vs__" in p:
+        a, b = p.split("__vs__", 1)
+    elif not isinstance(p, str) and len(p) == 2:
+        a, b = p
+    else:
+        raise ConfigError("metrics.compare", p, "expected pairs of arms, [A, B] or 'A__vs__B'")
+    if a == b:
+        raise ConfigError("metrics.compare", p, "expected two different arms")
+    return str(a), str(b)
 
 
 class Context:
@@ -75,14 +108,20 @@ class Context:
 class ArmResult:
     values: dict[str, float | None]
     notes: dict[str, str]
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   # bootstrap, per key
+    pairing: swap.Pairing | None = field(default=None, repr=False)
 
 
-def compute(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts: Context):
-    """Every selected family on a batch: ({key: (B,) array}, notes)."""
+def compute(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts: Context, *, swap_invariant: bool = True):
+    """Every selected family on a batch: ({key: (B,) array}, notes). Without `swap_invariant`,
+    families whose keys a swap cannot change (twin accuracy) are left out."""
     values: dict[str, np.ndarray] = {}
     notes: dict[str, str] = {}
     for name in opts.families:
-        result = registry.FAMILIES[name].fn(h, hi, s, si, opts)
+        family = registry.FAMILIES[name]
+        if not swap_invariant and family.keys and all(k.swap_invariant for k in family.keys):
+            continue
+        result = family.fn(h, hi, s, si, opts)
         values.update(result.values)
         notes.update(result.notes)
     values[SCORE] = fidelity_score(values, opts.score_components, hi.shape[0])
@@ -93,33 +132,136 @@ def _defined(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def bootstrap_indices(h: Encoded, s: Encoded, pair: swap.Pairing, b: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, si): B resamples. Complete pairs are resampled together (a human with its twin): every
+    arm twinned with the same humans then gets the same resamples of them, which the arm
+    comparisons of section 11 use; otherwise humans and twins are resampled independently."""
+    rng = np.random.default_rng(seed)
+    hi = rng.integers(0, h.n, size=(b, h.n))
+    si = pair.twin_of_human[hi] if pair.complete else rng.integers(0, s.n, size=(b, s.n))
+    return hi, si
+
+
 def evaluate_arm(spec: StudySpec, human: pd.DataFrame, synthetic: pd.DataFrame, opts: Options) -> ArmResult:
-    """Point values of every key, and percentile-bootstrap 95% intervals of the aggregates
-    (humans and synthetic respondents resampled independently, `opts.bootstrap` times)."""
+    """Point values of every key; for the aggregates, 95% bootstrap intervals (`opts.interval`,
+    `opts.bootstrap` resamples) and the swap tests against the humans (`opts.permutations`)."""
     h, s = encode(spec, human), encode(spec, synthetic)
     ctx = Context(opts)
+    pair = swap.pairing(h, s)
     point, notes = compute(h, h.all_rows(), s, s.all_rows(), ctx)
     values = {k: _defined(v[0]) for k, v in point.items()}
+    replicates: dict[str, np.ndarray] = {}
     if opts.bootstrap > 0:
-        rng = np.random.default_rng(opts.seed)
-        hi = rng.integers(0, h.n, size=(opts.bootstrap, h.n))
-        si = rng.integers(0, s.n, size=(opts.bootstrap, s.n))
+        hi, si = bootstrap_indices(h, s, pair, opts.bootstrap, opts.seed)
         replicates, _ = compute(h, hi, s, si, ctx)
         for key, reps in replicates.items():
-            if not registry.is_aggregate(key) or values.get(key) is None:
+            info = registry.unprefixed_info(key)
+            if info is None or not info.aggregate or values.get(key) is None:
                 continue
-            low, high = percentile_interval(reps)
-            values.update(zip(interval_keys(key), (low, high)))
-    return ArmResult(values, notes)
+            if info.no_interval:
+                notes[f"{key}/interval"] = f"no interval: {info.no_interval}"
+                continue
+            values.update(zip(interval_keys(key), interval(values[key], reps, opts.interval, bias=info.bias,
+                                                           bounds=info.bounds)))
+    if opts.permutations > 0:
+        tested, test_notes = swap_tests(h, s, pair, values, opts, ctx)
+        values.update(tested)
+        notes.update(test_notes)
+    return ArmResult(values, notes, replicates, pair)
 
 
-def percentile_interval(reps: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
-    finite = reps[np.isfinite(reps)]
-    if len(finite) < MIN_DEFINED_REPLICATES * len(reps) or len(finite) == 0:
-        return None, None
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    return float(low), float(high)
+def swap_tests(h: Encoded, s: Encoded, pair: swap.Pairing, values: dict, opts: Options, ctx: Context
+               ) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Section 10: each aggregate's null median and p value under swaps, BH q values over the
+    arm's tested keys, and the summary counts."""
+    rng = np.random.default_rng([opts.seed, SWAP_STREAM])
+    if pair.paired:
+        swaps = rng.random((opts.permutations, s.n)) < 0.5
+        h2, hi, s2, si = swap.swapped_sets(h, s, pair, swaps)
+    else:
+        h2, hi, s2, si = swap.permuted_sets(h, s, rng, opts.permutations)
+    swapped, _ = compute(h2, hi, s2, si, Context(opts), swap_invariant=False)
+    out: dict[str, float | None] = {}
+    p_values: dict[str, float] = {}
+    for key, null in swapped.items():
+        info = registry.unprefixed_info(key)
+        observed = values.get(key)
+        if info is None or not info.aggregate or info.swap_invariant or observed is None or info.better is None:
+            continue
+        finite = null[np.isfinite(null)]
+        if len(finite) < MIN_DEFINED_SWAPS * len(null) or len(finite) == 0:
+            continue
+        out[perm_key(key, "null_median")] = float(np.median(finite))
+        p_values[key] = out[perm_key(key, "p_value")] = swap.p_value(float(info.badness(np.array(observed))),
+                                                                     info.badness(finite))
+    q_values = swap.benjamini_hochberg(p_values)
+    out.update({perm_key(k, "q_value"): q for k, q in q_values.items()})
+    distinguishable = [k for k, q in q_values.items() if q <= opts.fdr]
+    components = registry.component_keys(q_values, opts.score_components)
+    out[tests_key("n_tested")] = float(len(q_values))
+    out[tests_key("n_distinguishable")] = float(len(distinguishable))
+    out[tests_key("distinguishable/share")] = (
+        float(np.mean([q_values[k] <= opts.fdr for k in components])) if components else None)
+    return out, {tests_key("design"): pair.design}
+
+
+def compare_arms(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.DataFrame],
+                 results: Mapping[str, ArmResult], pair: tuple[str, str], opts: Options
+                 ) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Section 11 for arms A and B twinned with the same humans: per aggregate key the difference,
+    how much better A is, its 95% interval (the arms' bootstraps share their resamples of the
+    humans) and a two-sided paired swap test; and the share of score components A is better on."""
+    a, b = pair
+    ra, rb = results[a], results[b]
+    same_humans = (ra.pairing is not None and rb.pairing is not None and ra.pairing.complete
+                   and rb.pairing.complete)
+    if not same_humans:
+        return {}, {registry.compare_key(a, b, None, "better_share") + "/skipped":
+                    "both arms need one twin per evaluation human (twin_of) to be compared"}
+    h = encode(spec, human)
+    ea, eb = encode(spec, synthetic[a]), encode(spec, synthetic[b])
+    keys = [k for k in ra.values if _comparable(k, ra, rb)]
+    out: dict[str, float | None] = {}
+    observed = {}
+    for key in keys:
+        info = registry.unprefixed_info(key)
+        va, vb = ra.values[key], rb.values[key]
+        observed[key] = better = float(info.badness(np.array(vb)) - info.badness(np.array(va)))
+        out[registry.compare_key(a, b, key, "diff")] = va - vb
+        out[registry.compare_key(a, b, key, "better")] = better
+        if key in ra.replicates and key in rb.replicates and not info.no_interval:
+            reps = info.badness(rb.replicates[key]) - info.badness(ra.replicates[key])
+            low, high = interval(better, reps, "percentile" if opts.interval == "bias_aware" else opts.interval)
+            out[registry.compare_key(a, b, key, "ci_low")], out[registry.compare_key(a, b, key, "ci_high")] = low, high
+    p_values: dict[str, float] = {}
+    if opts.permutations > 0 and keys:
+        rng = np.random.default_rng([opts.seed, COMPARE_STREAM])
+        swaps = rng.random((opts.permutations, h.n)) < 0.5
+        stack, ai, bi = swap.arm_swapped_sets(ea, eb, ra.pairing, rb.pairing, swaps)
+        ctx = Context(opts)
+        fixed = np.broadcast_to(np.arange(h.n), (opts.permutations, h.n))
+        swapped_a, _ = compute(h, fixed, stack, ai, ctx, swap_invariant=False)
+        swapped_b, _ = compute(h, fixed, stack, bi, ctx, swap_invariant=False)
+        for key in keys:
+            if key not in swapped_a or key not in swapped_b:
+                continue
+            info = registry.unprefixed_info(key)
+            null = info.badness(swapped_b[key]) - info.badness(swapped_a[key])
+            finite = np.abs(null[np.isfinite(null)])
+            if len(finite) < MIN_DEFINED_SWAPS * len(null) or len(finite) == 0:
+                continue
+            p_values[key] = out[registry.compare_key(a, b, key, "p_value")] = swap.p_value(abs(observed[key]), finite)
+    q_values = swap.benjamini_hochberg(p_values)
+    components = registry.component_keys(q_values, opts.score_components)
+    out[registry.compare_key(a, b, None)] = (
+        float(np.mean([q_values[k] <= opts.fdr and observed[k] > 0 for k in components])) if components else None)
+    return out, {}
+
+
+def _comparable(key: str, ra: ArmResult, rb: ArmResult) -> bool:
+    info = registry.unprefixed_info(key)
+    return (info is not None and info.aggregate and not info.swap_invariant and info.better is not None
+            and ra.values.get(key) is not None and rb.values.get(key) is not None)
 
 
 def human_reference(spec: StudySpec, human: pd.DataFrame, opts: Options) -> dict[str, float | None]:

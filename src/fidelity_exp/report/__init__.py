@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from fidelity_exp.metrics import registry  # noqa: E402
 from fidelity_exp.metrics.regression import Z_CRIT, term_key, terms_in  # noqa: E402
 from fidelity_exp.metrics.subgroup import level_key  # noqa: E402
+from fidelity_exp.report import verdict  # noqa: E402
 from fidelity_exp.study.spec import StudySpec  # noqa: E402
 
 
@@ -139,7 +140,8 @@ def plot_coefficients(spec: StudySpec, metrics: dict, arms: list[str], path: Pat
 
 
 def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: dict[str, pd.DataFrame],
-                 metrics: dict, *, title: str) -> list[Path]:
+                 metrics: dict, *, title: str, fdr: float = 0.05, components: tuple[str, ...] | None = None
+                 ) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plots").mkdir(exist_ok=True)
     arms = list(synthetic)
@@ -150,15 +152,35 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
     if plot_coefficients(spec, metrics, arms, folder / "plots" / "coefficients.png"):
         plots.append(folder / "plots" / "coefficients.png")
 
+    keys = headline_keys(metrics, arms)
+    components = list(components if components is not None else registry.default_components())
+    pairs = [p for p in registry.compared_pairs(metrics) if p[0] in arms and p[1] in arms]
+    humans_tab = verdict.against_humans(metrics, arms, keys, fdr)
+    pairs_tab = verdict.arm_vs_arm(metrics, pairs, keys, fdr) if pairs else None
+    words = verdict.sentences(metrics, arms, pairs, registry.component_keys(keys, components), fdr)
+    verdict_intro = (f"Each cell: the value with its 95% interval; what the metric is when twins are as good as "
+                     f"humans at this sample size (the median over swaps of twins with their humans); and whether "
+                     f"the arm is distinguishable from the humans (Benjamini-Hochberg q <= {fdr:g}).")
+    pairs_intro = ("How much better the first arm is than the second (positive: better, in the metric's own "
+                   "direction), with its 95% interval over resampled humans and a paired swap test's p value.")
     tab = table(metrics, arms)
     intro = (f"Study `{spec.name}` v{spec.version}: {len(human)} evaluation humans; arms: {', '.join(arms)}. "
-             "Cells are point values with percentile-bootstrap 95% intervals; the last column is the level "
-             "sampling noise alone produces (one half of the humans scored against the other half): an arm "
-             "cannot be judged better than it. Undefined values are shown as —.")
-    md = [f"# {title}", "", intro, "", _markdown_table(tab), ""]
+             "Cells are point values with bootstrap 95% intervals (bias-aware by default: see METRICS.md "
+             "section 8); the last column is the level sampling noise alone produces between two halves of the "
+             "humans (half-size samples: the verdict's swap null median is the matched-size level). Undefined "
+             "values are shown as —.")
+    md = [f"# {title}", "", "## Verdict", "", *[f"- {w}" for w in words], "", verdict_intro, "",
+          _markdown_table(humans_tab), ""]
+    if pairs_tab is not None:
+        md += [pairs_intro, "", _markdown_table(pairs_tab), ""]
+    md += ["## All headline metrics", "", intro, "", _markdown_table(tab), ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]
     (folder / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    body = f"<p>{html.escape(intro)}</p>{tab.to_html(index=False, escape=True)}"
+    body = ("<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
+            f"<p>{html.escape(verdict_intro)}</p>{humans_tab.to_html(index=False, escape=True)}")
+    if pairs_tab is not None:
+        body += f"<p>{html.escape(pairs_intro)}</p>{pairs_tab.to_html(index=False, escape=True)}"
+    body += f"<h2>All headline metrics</h2><p>{html.escape(intro)}</p>{tab.to_html(index=False, escape=True)}"
     page = html_page(title, body, plots)
     (folder / "report.html").write_text(page, encoding="utf-8")
     return [folder / "report.md", folder / "report.html", *plots]

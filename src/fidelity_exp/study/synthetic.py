@@ -53,40 +53,53 @@ def disclosure(n: int = 929, seed: int = 0, coefficients: dict[str, float] | Non
     `coefficients` replaces some of TRUE_COEFFICIENTS (e.g. a flipped sign, for testing that
     regression recovery notices it); the beliefs and demographics are drawn the same way.
     """
+    b = _coefficients(coefficients)
     rng = np.random.default_rng(seed)
     # Balanced random assignment to the 8 cells of the 2x2x2 design.
     cell = rng.permutation(np.arange(n) % 8)
-    purpose, assurance, sensitive = (cell >> 2) & 1, (cell >> 1) & 1, cell & 1
+    given = pd.DataFrame({"respondent_id": [f"D{i:05d}" for i in range(n)]})
+    given["age"] = np.clip(np.round(rng.normal(45, 15, n)), 18, 85).astype(int)
+    given["gender"] = rng.choice(["female", "male"], size=n)
+    given["educ"] = rng.choice(np.arange(1, 6), size=n, p=[0.08, 0.30, 0.28, 0.24, 0.10])
+    given["income"] = rng.choice(np.arange(1, 6), size=n, p=[0.18, 0.24, 0.25, 0.20, 0.13])
+    given["ethnicity"] = rng.choice(list(ETHNICITY_SHARES), size=n, p=list(ETHNICITY_SHARES.values()))
+    given["purpose"], given["assurance"], given["sensitive"] = (cell >> 2) & 1, (cell >> 1) & 1, cell & 1
+    return _answer(given, rng, b)
 
-    age = np.clip(np.round(rng.normal(45, 15, n)), 18, 85).astype(int)
-    gender = rng.choice(["female", "male"], size=n)
-    educ = rng.choice(np.arange(1, 6), size=n, p=[0.08, 0.30, 0.28, 0.24, 0.10])
-    income = rng.choice(np.arange(1, 6), size=n, p=[0.18, 0.24, 0.25, 0.20, 0.13])
-    ethnicity = rng.choice(list(ETHNICITY_SHARES), size=n, p=list(ETHNICITY_SHARES.values()))
-    minority = np.isin(ethnicity, ["black", "hispanic"]).astype(float)
 
-    z_c = 0.35 * minority + 0.012 * (age - 45) + 0.15 * (educ - 3) + rng.normal(size=n)
-    z_t = -0.45 * z_c + 0.10 * (income - 3) + rng.normal(size=n)
-    z_b = -0.02 * (age - 45) + rng.normal(size=n)
-    concern, trust, benefit = _likert(z_c), _likert(z_t), _likert(z_b)
+def disclosure_twins(given: pd.DataFrame, seed: int = 0, coefficients: dict[str, float] | None = None
+                     ) -> pd.DataFrame:
+    """Perfect twins: the persona and conditions of `given` (disclosure respondents), their answers
+    drawn afresh from the same process. A twin's answers are then exchangeable with its human's,
+    which is the null hypothesis of the swap tests (METRICS.md section 10): what calibrating
+    the tests and intervals needs."""
+    columns = ["respondent_id", "age", "gender", "educ", "income", "ethnicity", "purpose", "assurance", "sensitive"]
+    return _answer(given[columns].reset_index(drop=True), np.random.default_rng(seed), _coefficients(coefficients))
 
+
+def _coefficients(coefficients: dict[str, float] | None) -> dict[str, float]:
     b = {**TRUE_COEFFICIENTS, **(coefficients or {})}
     unknown = set(b) - set(TRUE_COEFFICIENTS)
     if unknown:
         raise ValueError(f"unknown terms {sorted(unknown)}; the model's terms are {list(TRUE_COEFFICIENTS)}")
+    return b
+
+
+def _answer(given: pd.DataFrame, rng: np.random.Generator, b: dict[str, float]) -> pd.DataFrame:
+    """The beliefs and the action of respondents with these personas and conditions."""
+    n, age = len(given), given["age"].to_numpy()
+    minority = given["ethnicity"].isin(["black", "hispanic"]).to_numpy().astype(float)
+    z_c = 0.35 * minority + 0.012 * (age - 45) + 0.15 * (given["educ"].to_numpy() - 3) + rng.normal(size=n)
+    z_t = -0.45 * z_c + 0.10 * (given["income"].to_numpy() - 3) + rng.normal(size=n)
+    z_b = -0.02 * (age - 45) + rng.normal(size=n)
+    concern, trust, benefit = _likert(z_c), _likert(z_t), _likert(z_b)
     eta = (
-        b["Intercept"] + b["purpose"] * purpose + b["assurance"] * assurance + b["sensitive"] * sensitive
-        + b["concern"] * concern + b["trust"] * trust + b["benefit"] * benefit + b["age"] * age
-        + b["C(gender)[T.male]"] * (gender == "male")
+        b["Intercept"] + b["purpose"] * given["purpose"].to_numpy() + b["assurance"] * given["assurance"].to_numpy()
+        + b["sensitive"] * given["sensitive"].to_numpy() + b["concern"] * concern + b["trust"] * trust
+        + b["benefit"] * benefit + b["age"] * age + b["C(gender)[T.male]"] * (given["gender"].to_numpy() == "male")
     )
     disclose = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(int)
-
-    return pd.DataFrame({
-        "respondent_id": [f"D{i:05d}" for i in range(n)],
-        "age": age, "gender": gender, "educ": educ, "income": income, "ethnicity": ethnicity,
-        "purpose": purpose, "assurance": assurance, "sensitive": sensitive,
-        "concern": concern, "trust": trust, "benefit": benefit, "disclose": disclose,
-    })
+    return given.assign(concern=concern, trust=trust, benefit=benefit, disclose=disclose)
 
 
 GENERATORS = {"disclosure": disclosure}

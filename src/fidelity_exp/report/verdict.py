@@ -1,0 +1,112 @@
+"""The verdict at the top of every report: for each headline metric and arm, the value with its
+95% interval, what the key is when twins are as good as humans at this sample size (the swap
+null median), whether the arm is distinguishable from the humans (q <= fdr), and how each
+compared pair of arms differs; then sentences written from those numbers (never by hand).
+
+Significance of a pair's difference uses Benjamini-Hochberg over the pair's score-component
+keys, as `compare/<A>__vs__<B>/better_share` does; an arm's distinguishability uses the q values
+of its tests (`<key>/perm/q_value`, BH over all the arm's tested keys).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from fidelity_exp.metrics import registry
+from fidelity_exp.metrics.swap import benjamini_hochberg
+
+
+def _fmt(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
+
+
+def _p(x) -> str:
+    return "—" if x is None else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def against_humans(metrics: dict, arms: list[str], keys: list[str], fdr: float) -> pd.DataFrame:
+    """One row per headline key; per arm: value [interval], null median, q and the verdict."""
+    rows = []
+    for key in keys:
+        row = {"metric": key, "better": registry.direction_words(key)}
+        for arm in arms:
+            full = registry.arm_key(arm, key)
+            value = metrics.get(full)
+            low, high = (metrics.get(k) for k in registry.interval_keys(full))
+            null = metrics.get(registry.perm_key(full, "null_median"))
+            q = metrics.get(registry.perm_key(full, "q_value"))
+            cell = _fmt(value) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "")
+            if null is not None:
+                cell += f"; humans-like {_fmt(null)}"
+            if q is not None:
+                cell += f"; {'DISTINGUISHABLE' if q <= fdr else 'like humans'} (q {_p(q)})"
+            row[arm] = cell
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", "better", *arms])
+
+
+def pair_significance(metrics: dict, a: str, b: str, keys: list[str], fdr: float) -> dict[str, tuple[float, float, bool]]:
+    """key -> (better, p, significant) for the pair's keys with a p value; significance by BH over them."""
+    found = {}
+    for key in keys:
+        better = metrics.get(registry.compare_key(a, b, key, "better"))
+        p = metrics.get(registry.compare_key(a, b, key, "p_value"))
+        if better is not None and p is not None:
+            found[key] = (better, p)
+    q = benjamini_hochberg({k: p for k, (_, p) in found.items()})
+    return {k: (better, p, q[k] <= fdr) for k, (better, p) in found.items()}
+
+
+def arm_vs_arm(metrics: dict, pairs: list[tuple[str, str]], keys: list[str], fdr: float) -> pd.DataFrame:
+    rows = []
+    for key in keys:
+        row = {"metric": key}
+        for a, b in pairs:
+            better = metrics.get(registry.compare_key(a, b, key, "better"))
+            if better is None:
+                row[f"{a} vs {b}"] = "—"
+                continue
+            low, high = (metrics.get(registry.compare_key(a, b, key, w)) for w in ("ci_low", "ci_high"))
+            p = metrics.get(registry.compare_key(a, b, key, "p_value"))
+            row[f"{a} vs {b}"] = (f"{'+' if better >= 0 else ''}{better:.3f}"
+                                  + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "") + f", p {_p(p)}")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", *[f"{a} vs {b}" for a, b in pairs]])
+
+
+def sentences(metrics: dict, arms: list[str], pairs: list[tuple[str, str]], components: list[str],
+              fdr: float) -> list[str]:
+    """Plain words for each arm (distinguishable or not, on the score's components) and each pair."""
+    out = []
+    for arm in arms:
+        tested = {k: metrics.get(registry.perm_key(registry.arm_key(arm, k), "q_value")) for k in components}
+        tested = {k: q for k, q in tested.items() if q is not None}
+        if not tested:
+            continue
+        like = [k for k, q in tested.items() if q > fdr]
+        unlike = [k for k, q in tested.items() if q <= fdr]
+        text = (f"{arm} is indistinguishable from the humans on {len(like)} of {len(tested)} summary components "
+                f"(q > {fdr:g})")
+        if unlike:
+            text += "; distinguishable on " + ", ".join(
+                f"{k} (q = {_p(tested[k])})" for k in unlike)
+        out.append(text + ".")
+    for a, b in pairs:
+        sig = pair_significance(metrics, a, b, components, fdr)
+        if not sig:
+            continue
+        wins = [k for k, (better, _, s) in sig.items() if s and better > 0]
+        losses = [k for k, (better, _, s) in sig.items() if s and better < 0]
+        ties = [k for k, (_, _, s) in sig.items() if not s]
+        parts = []
+        if wins:
+            parts.append(f"{a} beats {b} on " + ", ".join(f"{k} (p = {_p(sig[k][1])})" for k in wins))
+        if losses:
+            parts.append(f"{b} beats {a} on " + ", ".join(f"{k} (p = {_p(sig[k][1])})" for k in losses))
+        if ties:
+            parts.append(("but not" if wins or losses else f"{a} and {b} do not differ") + " on "
+                         + ", ".join(ties) + f" (BH at {fdr:g})")
+        out.append("; ".join(parts) + ".")
+    return out
