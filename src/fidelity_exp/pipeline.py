@@ -116,6 +116,13 @@ def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
     return tuple((a, b) for a in llm for b in [*bases, *baselines] if a != b)
 
 
+def check_comparisons(options: Options, arms: list[str]) -> None:
+    for pair in options.compare or ():
+        if any(name not in arms for name in pair):
+            raise ConfigError("metrics.compare", "__vs__".join(pair), f"expected pairs of this run's arms "
+                              f"({', '.join(arms) or 'none'})")
+
+
 def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | None = None) -> Plan:
     """The run `cfg` describes, every part read from its own config group and checked."""
     choices = choices or {}
@@ -123,6 +130,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     options = Options.from_config(cfg.metrics)
     if cfg.get("evaluate") is not None:
         human, files = setup_evaluate(cfg.evaluate, study)
+        check_comparisons(options, list(files))
         return Plan(study=study, options=options, arms={}, split=None, scored_on="evaluate.human", files=files,
                     human=human)
     settings = split_settings(cfg)
@@ -133,10 +141,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
         raise ConfigError("ppi.predictions", predictions, f"expected one of {', '.join(PREDICTIONS)}")
     if options.compare is None:
         options = dataclasses.replace(options, compare=default_comparisons(arms))
-    for pair in options.compare:
-        if any(name not in arms for name in pair):
-            raise ConfigError("metrics.compare", "__vs__".join(pair), f"expected pairs of this run's arms "
-                              f"({', '.join(arms) or 'none'})")
+    check_comparisons(options, list(arms))
     llm = None
     if any(arm.uses_llm for arm in arms.values()):
         llm = LLMSettings(model=cfg.model, simulate=cfg.simulate, finetune=cfg.finetune,
