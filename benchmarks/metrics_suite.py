@@ -88,7 +88,7 @@ def main() -> None:
     swaps_s = time.perf_counter() - t
     results["b"] = evaluate_arm(spec, human, arms["b"], Options(bootstrap=args.bootstrap, permutations=0))
     t = time.perf_counter()
-    compare_arms(spec, human, arms, results, ("a", "b"), Options(permutations=args.permutations))
+    compare_arms(results, ("a", "b"), Options(permutations=args.permutations))
     compare_s = time.perf_counter() - t
     t = time.perf_counter()
     reference = human_reference(spec, human, opts)

@@ -24,7 +24,6 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from fidelity_exp.errors import ConfigError
 from fidelity_exp.metrics import Options, evaluate_arm, human_reference, registry
 from fidelity_exp.metrics.suite import compare_arms
 from fidelity_exp.paths import resolve, write_json_atomic
@@ -166,17 +165,13 @@ def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.Da
     metrics: dict[str, float | None] = {}
     notes: dict[str, str] = {}
     results = {}
-    for arm in synthetic:
-        for pair in options.compare or ():
-            if any(name not in synthetic for name in pair):
-                raise ConfigError("metrics.compare", "__vs__".join(pair),
-                                  f"expected pairs of the arms scored here ({', '.join(synthetic)})")
+    options.check_compare(synthetic)
     for arm, frame in synthetic.items():
         results[arm] = result = evaluate_arm(spec, human, frame, options)
         metrics.update(registry.prefixed(arm, result.values))
         notes.update(registry.prefixed(arm, result.notes))
     for pair in options.compare or ():
-        compared, why = compare_arms(spec, human, synthetic, results, pair, options)
+        compared, why = compare_arms(results, pair, options)
         metrics.update(compared)
         notes.update(why)
     metrics.update(human_reference(spec, human, options))

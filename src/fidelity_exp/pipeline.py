@@ -116,13 +116,6 @@ def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
     return tuple((a, b) for a in llm for b in [*bases, *baselines] if a != b)
 
 
-def check_comparisons(options: Options, arms: list[str]) -> None:
-    for pair in options.compare or ():
-        if any(name not in arms for name in pair):
-            raise ConfigError("metrics.compare", "__vs__".join(pair), f"expected pairs of this run's arms "
-                              f"({', '.join(arms) or 'none'})")
-
-
 def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | None = None) -> Plan:
     """The run `cfg` describes, every part read from its own config group and checked."""
     choices = choices or {}
@@ -130,7 +123,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     options = Options.from_config(cfg.metrics)
     if cfg.get("evaluate") is not None:
         human, files = setup_evaluate(cfg.evaluate, study)
-        check_comparisons(options, list(files))
+        options.check_compare(files)
         return Plan(study=study, options=options, arms={}, split=None, scored_on="evaluate.human", files=files,
                     human=human)
     settings = split_settings(cfg)
@@ -141,7 +134,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
         raise ConfigError("ppi.predictions", predictions, f"expected one of {', '.join(PREDICTIONS)}")
     if options.compare is None:
         options = dataclasses.replace(options, compare=default_comparisons(arms))
-    check_comparisons(options, list(arms))
+    options.check_compare(arms)
     llm = None
     if any(arm.uses_llm for arm in arms.values()):
         llm = LLMSettings(model=cfg.model, simulate=cfg.simulate, finetune=cfg.finetune,
@@ -163,7 +156,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
     output = Path(output_dir) if output_dir else resolve(cfg.paths.outputs) / "latest"
 
     if not cfg.tracking.enabled:
-        return carry_out(cfg, p, output, tracked=None)
+        return carry_out(p, output, tracked=None)
     run_name = cfg.tracking.run_name or (
         f"{p.study.spec.name}-evaluate-{p.arm_names[0]}" if p.evaluate_only
         else f"{p.study.spec.name}-{cfg.pilot.method}-n{cfg.pilot.n}-seed{cfg.seed}")
@@ -175,13 +168,13 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
     }
     with tracking.start_run(cfg, run_name=run_name, tags=tags) as tracked:
         log_setup(tracked, cfg, p)
-        metrics = carry_out(cfg, p, output, tracked)
+        metrics = carry_out(p, output, tracked)
         # What a sweep's overhead is measured against (the sweep report shows it per trial).
         tracked.log_metrics({"timing/run_s": time.perf_counter() - started, "timing/tracking_s": tracked.seconds})
         return metrics
 
 
-def carry_out(cfg: DictConfig, p: Plan, output: Path, tracked) -> dict[str, float | None]:
+def carry_out(p: Plan, output: Path, tracked) -> dict[str, float | None]:
     twin_sets = None
     synthetic = p.files
     if not p.evaluate_only:

@@ -121,7 +121,7 @@ def test_an_arm_compared_with_itself_is_no_better(people):
     _, humans, twins = people
     opts = Options(bootstrap=30, reference_splits=0, permutations=30)
     results = {name: evaluate_arm(SPEC, humans, twins, opts) for name in ("a", "b")}
-    out, _ = compare_arms(SPEC, humans, {"a": twins, "b": twins}, results, ("a", "b"), opts)
+    out, _ = compare_arms(results, ("a", "b"), opts)
     key = "divergence/js/mean"
     assert out[registry.compare_key("a", "b", key, "better")] == 0
     assert out[registry.compare_key("a", "b", key, "ci_low")] == 0 == out[registry.compare_key("a", "b", key, "ci_high")]
@@ -136,7 +136,7 @@ def test_a_worse_arm_loses_the_comparison(people):
         worse[q.column] = pd.Categorical([q.codes[0]] * len(worse), dtype=twins[q.column].dtype)
     opts = Options(bootstrap=50, reference_splits=0, permutations=50)
     results = {"good": evaluate_arm(SPEC, humans, twins, opts), "bad": evaluate_arm(SPEC, humans, worse, opts)}
-    out, _ = compare_arms(SPEC, humans, {"good": twins, "bad": worse}, results, ("good", "bad"), opts)
+    out, _ = compare_arms(results, ("good", "bad"), opts)
     key = "divergence/js/mean"
     assert out[registry.compare_key("good", "bad", key, "better")] > 0.3
     assert out[registry.compare_key("good", "bad", key, "p_value")] == pytest.approx(1 / 51)

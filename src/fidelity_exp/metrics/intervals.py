@@ -56,13 +56,13 @@ def _tails(level: float) -> tuple[float, float]:
 
 
 @METHODS.register("percentile")
-def percentile(point: float, reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+def percentile(point: float, reps: np.ndarray, level: float = LEVEL, bias: str | None = None) -> tuple[float, float]:
     low, high = np.quantile(reps, _tails(level))
     return float(low), float(high)
 
 
 @METHODS.register("basic")
-def basic(point: float, reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+def basic(point: float, reps: np.ndarray, level: float = LEVEL, bias: str | None = None) -> tuple[float, float]:
     low, high = np.quantile(reps, _tails(level))
     return float(2 * point - high), float(2 * point - low)
 
@@ -81,7 +81,8 @@ def bias_z0(point: float, reps: np.ndarray) -> float:
 
 
 @METHODS.register("bc")
-def bias_corrected(point: float, reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+def bias_corrected(point: float, reps: np.ndarray, level: float = LEVEL, bias: str | None = None
+                   ) -> tuple[float, float]:
     """Efron's bias-corrected percentile interval (Efron 1981; Efron & Tibshirani 1993, 14.3)."""
     z0, z = bias_z0(point, reps), norm.ppf((1 + level) / 2)
     low, high = np.quantile(reps, [norm.cdf(2 * z0 - z), norm.cdf(2 * z0 + z)])
@@ -105,7 +106,6 @@ def interval(point: float | None, reps: np.ndarray, method: str = "bias_aware", 
     finite = reps[np.isfinite(reps)]
     if point is None or len(finite) == 0 or len(finite) < MIN_DEFINED_REPLICATES * len(reps):
         return None, None
-    fn = METHODS[method]
-    low, high = fn(float(point), finite, level, bias) if fn is bias_aware else fn(float(point), finite, level)
+    low, high = METHODS[method](float(point), finite, level, bias)   # only bias_aware reads `bias`
     low, high = min(low, point), max(high, point)
     return float(max(low, bounds[0])), float(min(high, bounds[1]))

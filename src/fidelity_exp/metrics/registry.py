@@ -179,8 +179,17 @@ def tests_key(what: str) -> str:
     return f"{TESTS}/{what}"
 
 
+PAIR_SEP = "__vs__"
+
+
 def pair_name(a: str, b: str) -> str:
-    return f"{a}__vs__{b}"
+    return f"{a}{PAIR_SEP}{b}"
+
+
+def split_pair(name: str) -> tuple[str, str] | None:
+    """'A__vs__B' -> ('A', 'B'); None when `name` is not a pair's name."""
+    a, sep, b = name.partition(PAIR_SEP)
+    return (a, b) if sep else None
 
 
 def compare_key(a: str, b: str, key: str | None, what: str = "better_share") -> str:
@@ -195,9 +204,8 @@ def compared_pairs(keys: Iterable[str]) -> list[tuple[str, str]]:
     pairs: dict[tuple[str, str], None] = {}
     for key in keys:
         parts = key.split("/")
-        if parts[0] == COMPARE and len(parts) > 2 and "__vs__" in parts[1]:
-            a, b = parts[1].split("__vs__", 1)
-            pairs[(a, b)] = None
+        if parts[0] == COMPARE and len(parts) > 2 and split_pair(parts[1]):
+            pairs[split_pair(parts[1])] = None
     return list(pairs)
 
 

@@ -3,7 +3,7 @@ the human reference, and arm-versus-arm comparisons (METRICS.md sections 8, 10, 
 
     result = evaluate_arm(spec, human_frame, synthetic_frame, options)      # one arm
     reference = human_reference(spec, human_frame, options)
-    compared = compare_arms(spec, human_frame, {"a": frame_a, "b": frame_b}, results, ("a", "b"), options)
+    compared, notes = compare_arms({"a": result_a, "b": result_b}, ("a", "b"), options)
 
 They return flat `{key: float | None}` dicts with METRICS.md keys (without the arm prefix for an
 arm; `registry.prefixed(arm, values)` adds it); None means undefined.
@@ -70,15 +70,23 @@ class Options:
 
         return cls(families=listed("families"), min_group_size=int(cfg.min_group_size), alpha=float(cfg.alpha),
                    bootstrap=int(cfg.bootstrap), reference_splits=int(cfg.reference_splits), seed=int(cfg.seed),
-                   score_components=listed("score_components"), interval=str(cfg.get("interval", "bias_aware")),
-                   permutations=int(cfg.get("permutations", 200)), fdr=float(cfg.get("fdr", 0.05)),
+                   score_components=listed("score_components"), interval=str(cfg.get("interval", cls.interval)),
+                   permutations=int(cfg.get("permutations", cls.permutations)), fdr=float(cfg.get("fdr", cls.fdr)),
                    compare=listed("compare"))
+
+    def check_compare(self, arms) -> None:
+        """Every compared arm is one of `arms` (before anything is computed or logged)."""
+        arms = list(arms)
+        for pair in self.compare or ():
+            if any(name not in arms for name in pair):
+                raise ConfigError("metrics.compare", registry.pair_name(*pair), f"expected pairs of this run's arms "
+                                  f"({', '.join(arms) or 'none'})")
 
 
 def _pair(p: Any) -> tuple[str, str]:
     """An (A, B) pair from [A, B] or 'A__vs__B'."""
-    if isinstance(p, str) and "__vs__" in p:
-        a, b = p.split("__vs__", 1)
+    if isinstance(p, str) and registry.split_pair(p):
+        a, b = registry.split_pair(p)
     elif not isinstance(p, str) and len(p) == 2:
         a, b = p
     else:
@@ -110,6 +118,8 @@ class ArmResult:
     notes: dict[str, str]
     replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   # bootstrap, per key
     pairing: swap.Pairing | None = field(default=None, repr=False)
+    human: Encoded | None = field(default=None, repr=False)        # what was scored (comparisons reuse it)
+    synthetic: Encoded | None = field(default=None, repr=False)
 
 
 def compute(h: Encoded, hi: np.ndarray, s: Encoded, si: np.ndarray, opts: Context, *, swap_invariant: bool = True):
@@ -164,13 +174,19 @@ def evaluate_arm(spec: StudySpec, human: pd.DataFrame, synthetic: pd.DataFrame, 
             values.update(zip(interval_keys(key), interval(values[key], reps, opts.interval, bias=info.bias,
                                                            bounds=info.bounds)))
     if opts.permutations > 0:
-        tested, test_notes = swap_tests(h, s, pair, values, opts, ctx)
+        tested, test_notes = swap_tests(h, s, pair, values, opts)
         values.update(tested)
         notes.update(test_notes)
-    return ArmResult(values, notes, replicates, pair)
+    return ArmResult(values, notes, replicates, pair, h, s)
 
 
-def swap_tests(h: Encoded, s: Encoded, pair: swap.Pairing, values: dict, opts: Options, ctx: Context
+def _enough(null: np.ndarray) -> np.ndarray | None:
+    """The defined swapped values, or None when fewer than MIN_DEFINED_SWAPS of them are."""
+    finite = null[np.isfinite(null)]
+    return finite if len(finite) and len(finite) >= MIN_DEFINED_SWAPS * len(null) else None
+
+
+def swap_tests(h: Encoded, s: Encoded, pair: swap.Pairing, values: dict, opts: Options
                ) -> tuple[dict[str, float | None], dict[str, str]]:
     """Section 10: each aggregate's null median and p value under swaps, BH q values over the
     arm's tested keys, and the summary counts."""
@@ -188,8 +204,8 @@ def swap_tests(h: Encoded, s: Encoded, pair: swap.Pairing, values: dict, opts: O
         observed = values.get(key)
         if info is None or not info.aggregate or info.swap_invariant or observed is None or info.better is None:
             continue
-        finite = null[np.isfinite(null)]
-        if len(finite) < MIN_DEFINED_SWAPS * len(null) or len(finite) == 0:
+        finite = _enough(null)
+        if finite is None:
             continue
         out[perm_key(key, "null_median")] = float(np.median(finite))
         p_values[key] = out[perm_key(key, "p_value")] = swap.p_value(float(info.badness(np.array(observed))),
@@ -205,8 +221,7 @@ def swap_tests(h: Encoded, s: Encoded, pair: swap.Pairing, values: dict, opts: O
     return out, {tests_key("design"): pair.design}
 
 
-def compare_arms(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.DataFrame],
-                 results: Mapping[str, ArmResult], pair: tuple[str, str], opts: Options
+def compare_arms(results: Mapping[str, ArmResult], pair: tuple[str, str], opts: Options
                  ) -> tuple[dict[str, float | None], dict[str, str]]:
     """Section 11 for arms A and B twinned with the same humans: per aggregate key the difference,
     how much better A is, its 95% interval (the arms' bootstraps share their resamples of the
@@ -218,8 +233,7 @@ def compare_arms(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, p
     if not same_humans:
         return {}, {registry.compare_key(a, b, None, "better_share") + "/skipped":
                     "both arms need one twin per evaluation human (twin_of) to be compared"}
-    h = encode(spec, human)
-    ea, eb = encode(spec, synthetic[a]), encode(spec, synthetic[b])
+    h, ea, eb = ra.human, ra.synthetic, rb.synthetic
     keys = [k for k in ra.values if _comparable(k, ra, rb)]
     out: dict[str, float | None] = {}
     observed = {}
@@ -231,7 +245,7 @@ def compare_arms(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, p
         out[registry.compare_key(a, b, key, "better")] = better
         if key in ra.replicates and key in rb.replicates and not info.no_interval:
             reps = info.badness(rb.replicates[key]) - info.badness(ra.replicates[key])
-            low, high = interval(better, reps, "percentile" if opts.interval == "bias_aware" else opts.interval)
+            low, high = interval(better, reps, opts.interval)   # no bias scale: a difference of two arms
             out[registry.compare_key(a, b, key, "ci_low")], out[registry.compare_key(a, b, key, "ci_high")] = low, high
     p_values: dict[str, float] = {}
     if opts.permutations > 0 and keys:
@@ -246,11 +260,11 @@ def compare_arms(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, p
             if key not in swapped_a or key not in swapped_b:
                 continue
             info = registry.unprefixed_info(key)
-            null = info.badness(swapped_b[key]) - info.badness(swapped_a[key])
-            finite = np.abs(null[np.isfinite(null)])
-            if len(finite) < MIN_DEFINED_SWAPS * len(null) or len(finite) == 0:
+            finite = _enough(info.badness(swapped_b[key]) - info.badness(swapped_a[key]))
+            if finite is None:
                 continue
-            p_values[key] = out[registry.compare_key(a, b, key, "p_value")] = swap.p_value(abs(observed[key]), finite)
+            p_values[key] = out[registry.compare_key(a, b, key, "p_value")] = swap.p_value(abs(observed[key]),
+                                                                                         np.abs(finite))
     q_values = swap.benjamini_hochberg(p_values)
     components = registry.component_keys(q_values, opts.score_components)
     out[registry.compare_key(a, b, None)] = (

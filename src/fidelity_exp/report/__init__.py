@@ -43,23 +43,11 @@ def _num(x) -> float:
     return np.nan if x is None else float(x)
 
 
-def _fmt(x) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
-
-
-def _cell(metrics: dict, key: str) -> str:
-    value = metrics.get(key)
-    if value is None:
-        return "—"
-    low, high = (metrics.get(k) for k in registry.interval_keys(key))
-    return _fmt(value) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "")
-
-
 def table(metrics: dict, arms: list[str]) -> pd.DataFrame:
     rows = []
     for key in headline_keys(metrics, arms):
-        cells = [_cell(metrics, registry.arm_key(arm, key)) for arm in arms]
-        reference = _fmt(metrics.get(registry.reference_key(key)))
+        cells = [verdict.cell(metrics, registry.arm_key(arm, key)) for arm in arms]
+        reference = verdict.fmt(metrics.get(registry.reference_key(key)))
         if all(c == "—" for c in cells) and reference == "—":
             continue
         rows.append([key, registry.direction_words(key), *cells, reference])

@@ -18,8 +18,18 @@ from fidelity_exp.metrics import registry
 from fidelity_exp.metrics.swap import benjamini_hochberg
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
+    """A value as the report shows it; undefined as —."""
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
+
+
+def cell(metrics: dict, key: str) -> str:
+    """`value [ci_low, ci_high]` of a full key (the interval when it has one)."""
+    value = metrics.get(key)
+    if value is None:
+        return "—"
+    low, high = (metrics.get(k) for k in registry.interval_keys(key))
+    return fmt(value) + (f" [{fmt(low)}, {fmt(high)}]" if low is not None else "")
 
 
 def _p(x) -> str:
@@ -33,16 +43,14 @@ def against_humans(metrics: dict, arms: list[str], keys: list[str], fdr: float) 
         row = {"metric": key, "better": registry.direction_words(key)}
         for arm in arms:
             full = registry.arm_key(arm, key)
-            value = metrics.get(full)
-            low, high = (metrics.get(k) for k in registry.interval_keys(full))
             null = metrics.get(registry.perm_key(full, "null_median"))
             q = metrics.get(registry.perm_key(full, "q_value"))
-            cell = _fmt(value) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "")
+            text = cell(metrics, full)
             if null is not None:
-                cell += f"; humans-like {_fmt(null)}"
+                text += f"; humans-like {fmt(null)}"
             if q is not None:
-                cell += f"; {'DISTINGUISHABLE' if q <= fdr else 'like humans'} (q {_p(q)})"
-            row[arm] = cell
+                text += f"; {'DISTINGUISHABLE' if q <= fdr else 'like humans'} (q {_p(q)})"
+            row[arm] = text
         rows.append(row)
     return pd.DataFrame(rows, columns=["metric", "better", *arms])
 
@@ -71,7 +79,7 @@ def arm_vs_arm(metrics: dict, pairs: list[tuple[str, str]], keys: list[str], fdr
             low, high = (metrics.get(registry.compare_key(a, b, key, w)) for w in ("ci_low", "ci_high"))
             p = metrics.get(registry.compare_key(a, b, key, "p_value"))
             row[f"{a} vs {b}"] = (f"{'+' if better >= 0 else ''}{better:.3f}"
-                                  + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None else "") + f", p {_p(p)}")
+                                  + (f" [{fmt(low)}, {fmt(high)}]" if low is not None else "") + f", p {_p(p)}")
         rows.append(row)
     return pd.DataFrame(rows, columns=["metric", *[f"{a} vs {b}" for a, b in pairs]])
 
