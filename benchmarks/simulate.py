@@ -16,6 +16,11 @@ engine would reach if it read only the tokens no two twins share (a token's KV c
 everything before it, so only identical prefixes can be shared) with every weight matmul at the
 measured matmul rate and attention, norms and the rest free. The naive side is measured, so
 this is an upper bound on `ratio_vs_naive` for this model, study, twins and machine.
+
+Option order (METRICS.md section 12; `--skip-option-order` leaves it out): the engine's time with
+the position metrics (every question also scored reversed, on the twin's KV cache) and with
+`simulate.option_order=averaged` and `random`, each as a ratio to the plain `fixed` interview,
+the modes measured in turns, twice, and each mode's faster run kept (the machine is shared).
 """
 
 from __future__ import annotations
@@ -123,6 +128,26 @@ def floor_seconds(lm, renderer: Renderer, twins, answers, matmul_rate: float) ->
     return (2 * non_embedding(lm) * tokens + 2 * head * len(twins) * n_q) / matmul_rate, tokens
 
 
+def option_order_overheads(model, renderer: Renderer, twins, uniforms, batch_size: int, repeats: int = 2) -> dict:
+    """Seconds of each option-order setting over the plain fixed interview, measured in turns."""
+    settings = {"fixed": {}, "fixed_with_position_metrics": {"position": True},
+                "averaged": {"option_order": "averaged"}, "random_with_position_metrics":
+                {"option_order": "random", "position": True}}
+    best = {name: float("inf") for name in settings}
+    tokens = {}
+    for _ in range(repeats):
+        for name, kwargs in settings.items():
+            result = simulate(model, renderer, twins, uniforms, batch_size=batch_size, **kwargs)
+            best[name] = min(best[name], result.seconds)
+            tokens[name] = result.tokens
+    out = {}
+    for name in settings:
+        if name != "fixed":
+            out[f"option_order_{name}_time_ratio"] = round(best[name] / best["fixed"], 3)
+            out[f"option_order_{name}_token_ratio"] = round(tokens[name] / tokens["fixed"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2_135m")
@@ -131,6 +156,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--naive-limit-s", type=float, default=None, help="stop the naive reference after this long")
     parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--skip-option-order", action="store_true")
     parser.add_argument("--compare-dtype", default=None, help="also run the engine in this dtype (e.g. bfloat16)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -182,6 +208,8 @@ def main() -> None:
             len(twins) * n_q / copied.seconds, 3)
         figures["ablation_no_kv_reuse_respondent_questions_per_s"] = round(
             no_cache(lm.model, renderer, twins, uniforms, args.batch_size), 3)
+    if not args.skip_option_order:
+        figures.update(option_order_overheads(lm.model, renderer, twins, uniforms, args.batch_size))
     if args.compare_dtype:
         other = load(args.model, args.compare_dtype)
         res2 = simulate(other.model, renderer, twins, uniforms, batch_size=args.batch_size)
@@ -203,7 +231,7 @@ def main() -> None:
     print(f"  useful {useful / 1e9:.1f} GFLOP/s = {figures['frac_of_matmul_peak']:.0%} of the measured "
           f"{peak / 1e9:.1f} GFLOP/s matmul rate")
     for key, value in figures.items():
-        if key.startswith(("ablation", "bfloat16", "float16")):
+        if key.startswith(("ablation", "bfloat16", "float16", "option_order")):
             print(f"  {key}: {value}")
     print(f"  peak RSS {figures['peak_rss_mb']:.0f} MB")
     finish(figures, args.out)

@@ -33,6 +33,9 @@ def test_simulate_benchmark(tmp_path):
     assert figures["naive_respondent_questions"] == 6 * 5 and figures["naive_new_tokens_per_question"] > 0
     assert figures["ratio_bound_at_matmul_peak"] > 0 and figures["naive_tokens_per_engine_token"] > 1
     assert 0 < figures["distinct_prefix_tokens_per_respondent"] <= figures["useful_tokens_per_respondent"]
+    for mode in ("fixed_with_position_metrics", "averaged", "random_with_position_metrics"):
+        assert figures[f"option_order_{mode}_time_ratio"] > 0
+        assert figures[f"option_order_{mode}_token_ratio"] > 1      # the extra scorings read more tokens
 
 
 def test_distinct_prefix_tokens_counts_the_prefix_tree():

@@ -26,7 +26,8 @@ from fidelity_exp.arms import Arm, ArmContext, build_arms
 from fidelity_exp.arms.llm import FINETUNE_METHODS, BaseModel, Finetuned, LLMSession, LLMSettings
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import PREDICTIONS, TwinSets, rectified_regressions
-from fidelity_exp.metrics import Options
+from fidelity_exp.metrics import Options, prefixed
+from fidelity_exp.metrics.position import OrderScorings, position_metrics
 from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import resolve
 from fidelity_exp.study import Split, SplitSettings, Study
@@ -135,10 +136,9 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     if options.compare is None:
         options = dataclasses.replace(options, compare=default_comparisons(arms))
     options.check_compare(arms)
-    llm = None
-    if any(arm.uses_llm for arm in arms.values()):
-        llm = LLMSettings(model=cfg.model, simulate=cfg.simulate, finetune=cfg.finetune,
-                          tracking_uri=tracking.tracking_uri(cfg))
+    llm = LLMSettings.from_config(cfg, tracking_uri=tracking.tracking_uri(cfg))   # checked even when unused
+    if not any(arm.uses_llm for arm in arms.values()):
+        llm = None
     return Plan(study=study, options=options, arms=arms, split=split, scored_on=settings.score_on,
                 seed=int(cfg.simulate.seed), rectified=settings.rectified, ppi_predictions=str(predictions), llm=llm,
                 human=study.frame.loc[split.evaluation])
@@ -175,11 +175,14 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
 
 
 def carry_out(p: Plan, output: Path, tracked) -> dict[str, float | None]:
-    twin_sets = None
+    twin_sets, positions = None, {}
     synthetic = p.files
     if not p.evaluate_only:
-        synthetic, twin_sets = simulate_arms(p, tracked)
+        synthetic, twin_sets, positions = simulate_arms(p, tracked)
     scores = api.evaluate(p.study.spec, p.human, synthetic, p.options)
+    for arm, scorings in positions.items():
+        scores.add(prefixed(arm, position_metrics(p.study.spec, scorings, bootstrap=p.options.bootstrap,
+                                                  seed=p.options.seed, method=p.options.interval)))
     if twin_sets is not None:
         scores.add(*rectify(p, twin_sets))
     scores.write_json(output / "metrics.json")
@@ -190,12 +193,15 @@ def carry_out(p: Plan, output: Path, tracked) -> dict[str, float | None]:
     return scores.metrics
 
 
-def simulate_arms(p: Plan, tracked: tracking.TrackedRun | None) -> tuple[dict[str, pd.DataFrame], TwinSets | None]:
-    """Each arm's synthetic twins of the scored humans, checked like a user's file; and, when
-    the pilot has rectification folds, the twin sets the rectified estimates need."""
+def simulate_arms(p: Plan, tracked: tracking.TrackedRun | None
+                  ) -> tuple[dict[str, pd.DataFrame], TwinSets | None, dict[str, OrderScorings]]:
+    """Each arm's synthetic twins of the scored humans, checked like a user's file; when the
+    pilot has rectification folds, the twin sets the rectified estimates need; and the LLM
+    arms' forward and reversed scorings (position metrics)."""
     ctx = ArmContext(p.study, p.split, seed=p.seed, tracked=tracked,
                      make_llm=(lambda c: LLMSession(p.llm, c)) if p.llm is not None else None)
     frames: dict[str, pd.DataFrame] = {}
+    positions: dict[str, OrderScorings] = {}
     twin_sets = None
     for name, arm in p.arms.items():
         if not arm.uses_llm:
@@ -203,7 +209,9 @@ def simulate_arms(p: Plan, tracked: tracking.TrackedRun | None) -> tuple[dict[st
         twins = arm.simulate(ctx)
         frames[name] = check_synthetic(p.study.spec, twins.frame, name=f"arm {name}", human_ids=p.split.evaluation)
         twin_sets = twins.rectification or twin_sets
-    return frames, twin_sets
+        if twins.position is not None:
+            positions[name] = twins.position
+    return frames, twin_sets, positions
 
 
 def rectify(p: Plan, twin_sets: TwinSets) -> tuple[dict[str, float], dict[str, str]]:

@@ -83,7 +83,7 @@ def test_tiny_model_coverage_on_the_disclosure_study(composer):
     study = pipeline.setup_study(cfg.data, choices["data"])
     ids = study.ids
     train, pool = ids[:40], ids[40:]
-    settings = LLMSettings(model=cfg.model, simulate=cfg.simulate, finetune=cfg.finetune)
+    settings = LLMSettings.from_config(cfg)
     ctx = ArmContext(study, Split(pilot=train, evaluation=pool), seed=int(cfg.simulate.seed),
                      make_llm=lambda c: LLMSession(settings, c))
     twins = Finetuned().simulate(ctx).frame.set_index("twin_of", drop=False)

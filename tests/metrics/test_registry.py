@@ -28,6 +28,7 @@ OWNERS = {
     "regression": {"metrics/regression.py", "inference/regressions.py"},
     "individual": {"metrics/individual.py"},
     "fidelity_score": {"metrics/score.py"},
+    "position": {"metrics/position.py"},
     "reference/human_split": set(),
     "ci_low": {"inference/regressions.py"},
     "ci_high": {"inference/regressions.py"},
@@ -41,7 +42,7 @@ OWNERS = {
 }
 ALWAYS = {"metrics/registry.py"}
 KEY = re.compile(r"(?:^|/)(divergence|heterogeneity|subgroup|within_group|coherence|regression|individual|ppi|"
-                 r"pilot_only|synthetic_only|truth|tests|compare)/|(fidelity_score)|(reference/human_split)|"
+                 r"pilot_only|synthetic_only|truth|tests|compare|position)/|(fidelity_score)|(reference/human_split)|"
                  r"/(ci_low|ci_high)\b|/(perm)/")
 
 

@@ -31,6 +31,13 @@ def test_command_line_wins_and_plain_overrides_are_fixed():
         "z=null", "w=true"]
 
 
+def test_one_at_a_time_is_every_choice_and_each_interval_end():
+    space = parse({"simulate.option_order": "choice(fixed, averaged)", "lr": "tag(log, interval(1e-4, 1e-2))",
+                   "epochs": "int(interval(1, 4))"}, [])
+    assert space.one_at_a_time() == [{"simulate.option_order": "fixed"}, {"simulate.option_order": "averaged"},
+                                     {"lr": 1e-4}, {"lr": 1e-2}, {"epochs": 1}, {"epochs": 4}]
+
+
 def test_grid_is_every_combination_in_written_order():
     grid = parse({"pilot.n": "choice(25, 50)", "seed": "choice(0, 1, 2)"}, []).grid()
     assert grid == [{"pilot.n": n, "seed": s} for n in (25, 50) for s in (0, 1, 2)]

@@ -60,7 +60,7 @@ def test_quickstart_writes_a_complete_run_to_the_tmp_store(composer, tmp_path):
     md = open(client.download_artifacts(run.info.run_id, "report/report.md", str(tmp_path))).read()
     assert "| metric | direction | base | finetuned | pilot_resample | tabular | human split-half |" in md
     html = open(client.download_artifacts(run.info.run_id, "report/report.html", str(tmp_path))).read()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4   # distributions, subgroup JS, coefficients, option order
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == result
 
     # the logged pilot ids are the split the pipeline drew
@@ -173,6 +173,12 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
     report = client.download_artifacts(run.info.run_id, "report/report.md", str(tmp_path))
     text = open(report).read()
     assert "## Verdict" in text and "finetuned is indistinguishable from the humans on" in text
+    # option order (METRICS.md section 12): every LLM arm's position metrics, in the report with their plot
+    for arm in ("base", "finetuned"):
+        assert result[f"{arm}/position/primacy/mean"] is not None and f"{arm}/position/vote/order_sensitivity" in result
+        assert f"{arm}/position/primacy/mean" in run.data.metrics
+    assert "pilot_resample/position/primacy/mean" not in result
+    assert "## Option order (position)" in text and "finetuned: primacy" in text and "plots/position.png" in text
 
     # the registered adapter drives a later run's finetuned arm without training
     cfg2, choices2 = composer("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune=registered",

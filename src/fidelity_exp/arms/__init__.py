@@ -20,19 +20,23 @@ import pandas as pd
 
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.registry import Registry
+from fidelity_exp.settings import typed
 
 if TYPE_CHECKING:
     from fidelity_exp.inference.regressions import TwinSets
+    from fidelity_exp.metrics.position import OrderScorings
     from fidelity_exp.study import Split, Study
 
 
 @dataclass
 class Twins:
-    """What an arm produced: its twins of the scored humans, and (the finetuned arm with
-    rectification folds) the twin sets the rectified estimates need."""
+    """What an arm produced: its twins of the scored humans; (the finetuned arm with
+    rectification folds) the twin sets the rectified estimates need; (LLM arms) the twins'
+    questions scored with options forward and reversed, for the position metrics."""
 
     frame: pd.DataFrame
     rectification: "TwinSets | None" = None
+    position: "OrderScorings | None" = None
 
 
 @dataclass
@@ -87,8 +91,7 @@ def build_arm(name: str, node: Any) -> Arm:
     """One arm from its config node (`_target_` and options), its options checked against the
     class's field types (OmegaConf's structured configs), then the class's own range checks."""
     from hydra.utils import get_class
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf import DictConfig
 
     key = f"arms.{name}"
     if not isinstance(node, (DictConfig, dict)) or not node.get("_target_"):
@@ -100,16 +103,7 @@ def build_arm(name: str, node: Any) -> Arm:
         raise ConfigError(f"{key}._target_", target, f"expected an arm class (known arms: {', '.join(ARMS)})") from None
     if not (isinstance(cls, type) and issubclass(cls, Arm)):
         raise ConfigError(f"{key}._target_", target, "expected a subclass of fidelity_exp.arms.Arm")
-    options = {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig)
-                                 else dict(node)).items() if k != "_target_"}
-    try:
-        arm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), options))
-    except OmegaConfBaseException as e:
-        where = f"{key}.{e.full_key}" if getattr(e, "full_key", None) else key
-        value = options.get(str(e.full_key)) if getattr(e, "full_key", None) else options
-        raise ConfigError(where, value, f"not a valid option of arm {name!r}: {str(e).splitlines()[0]}") from None
-    except ConfigError as e:   # the class's own range check names the field
-        raise ConfigError(f"{key}.{e.key}", e.value, e.expected) from None
+    arm = typed(cls, node, key, f"arm {name!r}")
     arm.name = name
     return arm
 

@@ -25,9 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import TwinSets
-from fidelity_exp.llm.engine import SimulationResult, simulate, uniforms_for
-from fidelity_exp.llm.interview import Renderer, messages
+from fidelity_exp.llm.engine import ORDER_MODES, SimulationResult, simulate, uniforms_for
+from fidelity_exp.llm.finetune import option_order as finetune_order
+from fidelity_exp.llm.interview import Renderer, interview_orders, messages
 from fidelity_exp.llm.models import load_model
+from fidelity_exp.metrics.position import OrderScorings
+from fidelity_exp.settings import typed
 from fidelity_exp.study.data import Study
 from fidelity_exp.study.split import Split
 from fidelity_exp.study.synthetic_file import PROB_SEP
@@ -37,14 +40,44 @@ FINETUNE_METHODS = ("none", "lora", "registered")
 FOLD_SEED_STEP = 7919   # a fold's rectification twins get the stream seed + this x (k + 1): a prime, no overlap
 
 
+@dataclass
+class SimulateSettings:
+    """The `simulate` group (conf/simulate/default.yaml documents each key)."""
+
+    temperature: float = 1.0
+    show_persona: bool = True
+    batch_size: int = 16
+    seed: int = 0
+    option_order: str = "fixed"
+    position_metrics: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.temperature < float("inf"):
+            raise ConfigError("temperature", self.temperature, "expected a temperature >= 0 (0: the most probable option)")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size", self.batch_size, "expected a number of twins >= 1")
+        if self.option_order not in ORDER_MODES:
+            raise ConfigError("option_order", self.option_order, f"expected one of {', '.join(ORDER_MODES)}")
+
+    @classmethod
+    def from_config(cls, node: Any) -> "SimulateSettings":
+        return typed(cls, node, "simulate", "the simulate group")
+
+
 @dataclass(frozen=True)
 class LLMSettings:
     """The run-level groups the LLM arms read: which model, how twins answer, how to fine-tune."""
 
     model: DictConfig
-    simulate: DictConfig
+    simulate: SimulateSettings
     finetune: DictConfig
     tracking_uri: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, tracking_uri: str | None = None) -> "LLMSettings":
+        finetune_order(cfg.finetune)   # checked before any run exists
+        return cls(model=cfg.model, simulate=SimulateSettings.from_config(cfg.simulate), finetune=cfg.finetune,
+                   tracking_uri=tracking_uri)
 
 
 def records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -83,29 +116,39 @@ class LLMSession:
         self.settings, self.study, self.split, self.tracked = settings, ctx.study, ctx.split, ctx.tracked
         spec = self.study.spec
         self.loaded = load_model(settings.model)
-        self.renderer = Renderer(spec, self.loaded.tokenizer, show_persona=bool(settings.simulate.show_persona))
+        self.renderer = Renderer(spec, self.loaded.tokenizer, show_persona=settings.simulate.show_persona)
         self.pilot_given = records(self.study.frame.loc[self.split.pilot], spec.given_columns)
         self.pilot_answers = answers_of(self.study, self.split.pilot)
         self.twins = records(self.study.frame.loc[self.split.evaluation], spec.given_columns)
         self.uniforms = uniforms_for(len(self.twins), len(spec.questions), ctx.seed)
         self.seed = ctx.seed
-        if self.tracked is not None:
+        if self.tracked is not None:   # one pilot interview, its options as this run shows them
+            sim = settings.simulate
+            shown = "fixed" if sim.option_order == "averaged" else sim.option_order
             example = self.renderer.text(messages(spec, self.pilot_given[0], self.pilot_answers[0],
-                                                  show_persona=self.renderer.show_persona), False)
-            self.tracked.log_text(example, "prompts/example_interview.txt")
+                                                  show_persona=self.renderer.show_persona,
+                                                  orders=interview_orders(spec, shown, seed=self.seed)), False)
+            self.tracked.log_text(f"# simulate.option_order={sim.option_order}"
+                                  + (" (shown in spec order, scored forward and reversed)\n" if shown != sim.option_order
+                                     else "\n") + example, "prompts/example_interview.txt")
             self.tracked.log_params({"model.n_parameters": str(self.loaded.n_parameters),
                                      "model.runtime_dtype": str(self.loaded.dtype),
                                      "model.runtime_device": str(self.loaded.device)})
 
-    def interview(self, what: str, model: Any, who: Split, given=None, stream=None, arm: str | None = None
-                  ) -> pd.DataFrame:
-        """Twins of `who.evaluation` answer; an arm's own interview (`arm`) logs its speed."""
+    def interview(self, what: str, model: Any, who: Split, given=None, stream=None, arm: str | None = None,
+                  seed: int | None = None) -> tuple[pd.DataFrame, OrderScorings | None]:
+        """Twins of `who.evaluation` answer (options in `simulate.option_order`, random orders
+        seeded by `seed`, the stream's); an arm's own interview (`arm`) logs its speed and, with
+        `simulate.position_metrics`, scores every question forward and reversed too."""
         given = self.twins if given is None else given
         stream = self.uniforms if stream is None else stream
+        sim = self.settings.simulate
         n_questions = len(self.study.spec.questions)
         with _progress(len(given), f"simulating {what}") as bar:
-            result = simulate(model, self.renderer, given, stream, temperature=float(self.settings.simulate.temperature),
-                              batch_size=int(self.settings.simulate.batch_size), progress=bar.update)
+            result = simulate(model, self.renderer, given, stream, temperature=sim.temperature,
+                              batch_size=sim.batch_size, progress=bar.update, option_order=sim.option_order,
+                              order_seed=self.seed if seed is None else seed,
+                              position=sim.position_metrics and arm is not None)
         rq = len(given) * n_questions / result.seconds
         log.info("%s: %d twins x %d questions in %.1f s: %.2f respondent-questions/s, %.0f tokens/s", what,
                  len(given), n_questions, result.seconds, rq, result.tokens / result.seconds)
@@ -113,7 +156,10 @@ class LLMSession:
             self.tracked.log_metrics({f"perf/{arm}/respondent_questions_per_s": rq,
                                       f"perf/{arm}/simulate_tokens_per_s": result.tokens / result.seconds,
                                       f"perf/{arm}/simulate_seconds": result.seconds})
-        return synthetic_frame(self.study, who, result)
+        scorings = None
+        if result.forward is not None and arm is not None:
+            scorings = OrderScorings(result.forward, result.reverse)
+        return synthetic_frame(self.study, who, result), scorings
 
     def finetuned_model(self, given, answers, tracked: Any) -> Any:
         """The model with an adapter: trained on (given, answers) with `finetune=lora`, or the
@@ -150,7 +196,8 @@ class BaseModel(Arm):
 
     def simulate(self, ctx: ArmContext) -> Twins:
         session = ctx.llm()
-        return Twins(session.interview(f"arm {self.name}", session.loaded.model, ctx.split, arm=self.name))
+        frame, scorings = session.interview(f"arm {self.name}", session.loaded.model, ctx.split, arm=self.name)
+        return Twins(frame, position=scorings)
 
 
 @ARMS.register("finetuned")
@@ -170,29 +217,33 @@ class Finetuned(Arm):
         study, split = ctx.study, ctx.split
         if not split.folds:
             model = session.finetuned_model(session.pilot_given, session.pilot_answers, ctx.tracked)
-            frame = session.interview(f"arm {self.name}", model, split, arm=self.name)
+            frame, scorings = session.interview(f"arm {self.name}", model, split, arm=self.name)
             session.take_off_adapter(model)
-            return Twins(frame)
+            return Twins(frame, position=scorings)
         if session.settings.finetune.method != "lora":
             raise ConfigError("finetune.method", session.settings.finetune.method, "rectified estimates "
                               "(pilot.finetune_fraction < 1 or pilot.crossfit_folds >= 2) fine-tune on part of the "
                               "pilot: expected lora")
-        labelled, unlabelled = [], []
+        labelled, unlabelled, scorings = [], [], None
         for k, fold in enumerate(split.folds):
             train = split.finetune_ids(k)
             log.info("rectification fold %d/%d: fine-tuning on %d pilot humans, rectifying with %d", k + 1,
                      len(split.folds), len(train), len(fold))
             model = session.finetuned_model(records(study.frame.loc[train], study.spec.given_columns),
                                             answers_of(study, train), ctx.tracked if k == 0 else None)
-            unlabelled.append(session.interview(f"arm {self.name}" if k == 0 else f"fold {k}/evaluation personas",
-                                                model, split, arm=self.name if k == 0 else None))
+            frame, fold_scorings = session.interview(f"arm {self.name}" if k == 0 else f"fold {k}/evaluation personas",
+                                                     model, split, arm=self.name if k == 0 else None)
+            unlabelled.append(frame)
+            scorings = scorings or fold_scorings
             fold_given = records(study.frame.loc[fold], study.spec.given_columns)
-            fold_stream = uniforms_for(len(fold_given), len(study.spec.questions),
-                                       session.seed + FOLD_SEED_STEP * (k + 1))
+            fold_seed = session.seed + FOLD_SEED_STEP * (k + 1)
+            fold_stream = uniforms_for(len(fold_given), len(study.spec.questions), fold_seed)
             labelled.append(session.interview(f"fold {k}/rectification humans", model,
-                                              Split(pilot=train, evaluation=fold), fold_given, fold_stream))
+                                              Split(pilot=train, evaluation=fold), fold_given, fold_stream,
+                                              seed=fold_seed)[0])
             session.take_off_adapter(model)   # the bare base model again, for the next fold
-        return Twins(unlabelled[0], TwinSets(labelled=pd.concat(labelled, ignore_index=True), unlabelled=unlabelled))
+        return Twins(unlabelled[0], TwinSets(labelled=pd.concat(labelled, ignore_index=True), unlabelled=unlabelled),
+                     position=scorings)
 
 
 def _check_local_adapter(finetune_cfg: DictConfig) -> None:

@@ -15,6 +15,14 @@ once; only the last position's logits are computed; on a CPU, attention reads ea
 in place for its group of query heads instead of copying it (see `_grouped_query_attention`).
 Segments of different lengths are left-padded in the middle of the sequence, masked out, and
 positions continue from each twin's own token count.
+
+Option order (METRICS.md section 12; `interview.py` decides the orders): a twin is interviewed
+with each question's options in its mode's order (spec order, reversed, or a seeded random
+order), and probabilities are always returned over option codes. For the position metrics and
+`averaged`, question j is also scored in the other order(s) with the twin's earlier answers as
+they are: the tokens all of a twin's scorings share (the previous answer, the question's text)
+are read into its cache once, each extra scoring's own tokens (its options and the answer slot)
+are read on top and cropped off the cache again, then the twin's own order is read and kept.
 """
 
 from __future__ import annotations
@@ -29,15 +37,20 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fidelity_exp.llm.interview import Renderer
+from fidelity_exp.llm.interview import Order, Renderer, interview_orders, shown_order
+
+
+ORDER_MODES = ("fixed", "reversed", "random", "averaged")   # simulate.option_order
 
 
 @dataclass
 class SimulationResult:
     answers: list[list[Any]]            # (twins, questions) chosen codes
-    probabilities: list[np.ndarray]     # per question: (twins, K) model probabilities
+    probabilities: list[np.ndarray]     # per question: (twins, K) what the answer was drawn from, over codes
     tokens: int                         # real (non-pad) tokens read by the model
     seconds: float
+    forward: list[np.ndarray] | None = None   # with position metrics: per question (twins, K) over codes,
+    reverse: list[np.ndarray] | None = None   # options shown in spec order / reversed (METRICS.md section 12)
 
 
 def choose(probs: np.ndarray, uniform: np.ndarray, temperature: float) -> np.ndarray:
@@ -53,37 +66,97 @@ def choose(probs: np.ndarray, uniform: np.ndarray, temperature: float) -> np.nda
 
 
 def option_probabilities(last_logits: torch.Tensor, option_tokens: Sequence[int]) -> np.ndarray:
-    """(B, K) probabilities of the options' letters, renormalised over the options."""
+    """(B, K) probabilities of the options' letters, renormalised over the options (in shown order)."""
     z = last_logits[:, list(option_tokens)].float()   # (B, K)
     return torch.softmax(z, dim=-1).cpu().numpy().astype(np.float64)
+
+
+def over_codes(shown: np.ndarray, orders: Sequence[Order | None]) -> np.ndarray:
+    """(B, K) probabilities by shown letter -> by option (spec order), each row with its own order."""
+    k = shown.shape[1]
+    index = np.array([range(k) if o is None else o for o in orders], dtype=np.int64).reshape(-1, k)
+    out = np.empty_like(shown)
+    np.put_along_axis(out, index, shown, axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Branches:
+    """What question j is scored under besides the order the twin is interviewed in: `extra`
+    order modes (forward and reversed, for the position metrics or `averaged`), and which of
+    main/extra are the forward and reversed scorings."""
+
+    history: str                 # the mode every earlier question was shown in
+    extra: tuple[str, ...]       # modes scored besides the main one (the cache is rolled back after each)
+    forward: str                 # "main" or an extra mode
+    reverse: str
+    average: bool = False        # answer from (forward + reversed) / 2
+
+    @classmethod
+    def of(cls, mode: str, position: bool) -> "_Branches":
+        if mode not in ORDER_MODES:
+            raise ValueError(f"option order {mode!r}: expected one of {', '.join(ORDER_MODES)}")
+        history = "fixed" if mode == "averaged" else mode
+        if not position and mode != "averaged":
+            return cls(history, (), "", "")
+        extra = {"fixed": ("reversed",), "averaged": ("reversed",), "reversed": ("fixed",),
+                 "random": ("fixed", "reversed")}[mode]
+        forward = "main" if history == "fixed" else "fixed"
+        reverse = "main" if history == "reversed" else "reversed"
+        return cls(history, extra, forward, reverse, average=mode == "averaged")
 
 
 @torch.inference_mode()
 def simulate(model: Any, renderer: Renderer, twins: Sequence[Mapping[str, Any]], uniforms: np.ndarray, *,
              temperature: float = 1.0, batch_size: int = 16, pad_id: int | None = None,
-             progress: Callable[[int], None] | None = None, share_prefix: bool = True) -> SimulationResult:
+             progress: Callable[[int], None] | None = None, share_prefix: bool = True,
+             option_order: str = "fixed", order_seed: int = 0, position: bool = False) -> SimulationResult:
     """Interview every twin (`twins`: their given columns) and return answers and probabilities.
-    `tokens` counts what the interviews need (the shared prefix once per twin), not what is computed."""
+    `tokens` counts what the interviews need (the shared prefix once per twin), not what is computed.
+
+    `option_order` (METRICS.md section 12): the twins see every question's options in spec order
+    (`fixed`), reversed, in a `random` order seeded by (`order_seed`, twin, question), or
+    answer from the mean of the forward and reversed probabilities (`averaged`, shown forward).
+    `position=True` also scores every question forward and reversed with the twin's earlier
+    answers held fixed (`SimulationResult.forward/reverse`): each extra scoring reads only
+    the tokens after what it shares with the twin's own prompt (the options and the answer
+    slot), on the twin's KV cache, which is then rolled back."""
     import time
 
     spec = renderer.spec
+    branches = _Branches.of(option_order, position)
     n, n_q = len(twins), len(spec.questions)
     pad_id = renderer.tokenizer.pad_token_id if pad_id is None else pad_id
     device = next(model.parameters()).device
     answers: list[list[Any]] = [[None] * n_q for _ in range(n)]
     probs = [np.zeros((n, len(q.options))) for q in spec.questions]
-    first = [renderer.prompt_ids(t, [], 0) for t in twins]
-    order = sorted(range(n), key=lambda i: len(first[i]))   # similar lengths together: less padding
+    scored = bool(branches.extra)
+    forward = [np.zeros_like(p) for p in probs] if scored else None
+    reverse = [np.zeros_like(p) for p in probs] if scored else None
+    orders = [interview_orders(spec, branches.history, seed=order_seed, who=i) for i in range(n)]
+    first = [renderer.prompt_ids(t, [], 0, o) for t, o in zip(twins, orders, strict=True)]
+    by_length = sorted(range(n), key=lambda i: len(first[i]))   # similar lengths together: less padding
     tokens, start = 0, time.perf_counter()
     with _grouped_query_attention(device):
-        prefix = _shared_prefix(model, first, device) if share_prefix and n > 1 else None
+        prefix = None
+        if share_prefix and n > 1:   # also a prefix of the first question as the extra orders show it
+            alt_first = [renderer.prompt_ids(twins[0], [], 0, [shown_order(m, len(spec.questions[0].options)),
+                                                                *orders[0][1:]]) for m in branches.extra]
+            prefix = _shared_prefix(model, first + alt_first, device)
         for lo in range(0, n, batch_size):
-            rows = order[lo : lo + batch_size]
-            tokens += _interview_batch(model, renderer, [twins[i] for i in rows], [first[i] for i in rows],
-                                       uniforms[rows], temperature, pad_id, device, rows, answers, probs, prefix)
+            rows = by_length[lo : lo + batch_size]
+            batch = _Batch(model, renderer, [twins[i] for i in rows], [orders[i] for i in rows], branches, pad_id,
+                           device, prefix)
+            tokens += batch.interview([first[i] for i in rows], uniforms[rows], temperature)
+            for j in range(n_q):
+                probs[j][rows] = batch.probs[j]
+                if scored:
+                    forward[j][rows], reverse[j][rows] = batch.forward[j], batch.reverse[j]
+            for r, i in enumerate(rows):
+                answers[i] = batch.answers[r]
             if progress:
                 progress(len(rows))
-    return SimulationResult(answers, probs, tokens, time.perf_counter() - start)
+    return SimulationResult(answers, probs, tokens, time.perf_counter() - start, forward, reverse)
 
 
 GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
@@ -124,51 +197,112 @@ def _shared_prefix(model, prompts: Sequence[list[int]], device) -> _Prefix | Non
     return _Prefix(ids, out.cache if hasattr(out, "cache") else out.past_key_values)
 
 
-def _interview_batch(model, renderer, twins, first_prompts, uniforms, temperature, pad_id, device, rows,
-                     answers, probs, prefix: _Prefix | None = None) -> int:
-    spec = renderer.spec
-    b = len(twins)
-    fed: list[list[int]] = [[] for _ in range(b)]          # tokens each twin's cache holds
-    mask = torch.zeros((b, 0), dtype=torch.long, device=device)
-    cache = None
-    read = 0
-    if prefix is not None:                                 # every twin's cache starts as the shared prefix
-        cache = copy.deepcopy(prefix.cache)
-        cache.batch_repeat_interleave(b)
-        fed = [list(prefix.ids) for _ in range(b)]
-        mask = torch.ones((b, len(prefix.ids)), dtype=torch.long, device=device)
-        read = b * len(prefix.ids)
-    mine: list[list[Any]] = [[] for _ in range(b)]
-    for j, q in enumerate(spec.questions):
-        prompts = first_prompts if j == 0 else [renderer.prompt_ids(t, a, j) for t, a in zip(twins, mine, strict=True)]
-        segments = []
+class _Batch:
+    """A batch of twins interviewed together: their KV cache, attention mask and the tokens
+    each twin's cache holds, question by question."""
+
+    def __init__(self, model, renderer: Renderer, twins, orders, branches: _Branches, pad_id, device,
+                 prefix: _Prefix | None):
+        self.model, self.renderer, self.twins, self.orders = model, renderer, twins, orders
+        self.branches, self.pad_id, self.device = branches, pad_id, device
+        b = len(twins)
+        self.fed: list[list[int]] = [[] for _ in range(b)]          # tokens each twin's cache holds
+        self.mask = torch.zeros((b, 0), dtype=torch.long, device=device)
+        self.cache = None
+        self.read = 0
+        if prefix is not None:                                 # every twin's cache starts as the shared prefix
+            self.cache = copy.deepcopy(prefix.cache)
+            self.cache.batch_repeat_interleave(b)
+            self.fed = [list(prefix.ids) for _ in range(b)]
+            self.mask = torch.ones((b, len(prefix.ids)), dtype=torch.long, device=device)
+            self.read = b * len(prefix.ids)
+        n_q = len(renderer.spec.questions)
+        self.answers: list[list[Any]] = [[] for _ in range(b)]
+        self.probs: list[np.ndarray] = [None] * n_q
+        self.forward: list[np.ndarray] = [None] * n_q
+        self.reverse: list[np.ndarray] = [None] * n_q
+
+    def interview(self, first_prompts, uniforms, temperature) -> int:
+        spec, renderer = self.renderer.spec, self.renderer
+        for j, q in enumerate(spec.questions):
+            prompts = first_prompts if j == 0 else [renderer.prompt_ids(t, a, j, o) for t, a, o in
+                                                    zip(self.twins, self.answers, self.orders, strict=True)]
+            for r, prompt in enumerate(prompts):
+                if prompt[: len(self.fed[r])] != self.fed[r]:
+                    raise AssertionError("an interview's tokens changed between questions "
+                                         "(chat template not prefix-stable)")
+            scored = self._extra_scorings(j, prompts) if self.branches.extra else {}
+            logits = self._read([p[len(f):] for p, f in zip(prompts, self.fed, strict=True)], keep=True)
+            self.fed = [list(p) for p in prompts]
+            p = over_codes(option_probabilities(logits, renderer.option_tokens[j]), [o[j] for o in self.orders])
+            if scored:
+                scored["main"] = p
+                self.forward[j], self.reverse[j] = scored[self.branches.forward], scored[self.branches.reverse]
+                if self.branches.average:
+                    p = (self.forward[j] + self.reverse[j]) / 2
+            self.probs[j] = p
+            choice = choose(p, uniforms[:, j], temperature)
+            for r in range(len(self.twins)):
+                self.answers[r].append(q.codes[int(choice[r])])
+        return self.read
+
+    def _extra_scorings(self, j: int, prompts: list[list[int]]) -> dict[str, np.ndarray]:
+        """Question j scored in each extra order (earlier answers as they are): first the tokens
+        every scoring of a twin shares are read into its cache (kept), then each extra scoring's
+        own tokens, read and rolled back. Returns mode -> (b, K) over codes."""
+        spec, renderer = self.renderer.spec, self.renderer
+        k = len(spec.questions[j].options)
+        alt_orders = {m: shown_order(m, k) for m in self.branches.extra}
+        alts = {m: [renderer.prompt_ids(t, a, j, [*o[:j], alt, *o[j + 1:]]) for t, a, o in
+                    zip(self.twins, self.answers, self.orders, strict=True)] for m, alt in alt_orders.items()}
+        shared = []
         for r, prompt in enumerate(prompts):
-            if prompt[: len(fed[r])] != fed[r]:
-                raise AssertionError("an interview's tokens changed between questions (chat template not prefix-stable)")
-            segments.append(prompt[len(fed[r]):])
+            others = [alts[m][r] for m in alts]
+            if any(x[: len(self.fed[r])] != self.fed[r] for x in others):
+                raise AssertionError("an interview's tokens changed with the order of the current question")
+            common = len(os.path.commonprefix([prompt, *others]))
+            shared.append(min(common, min(len(x) for x in [prompt, *others]) - 1))
+        if any(c > len(f) for c, f in zip(shared, self.fed, strict=True)):
+            self._read([p[len(f):c] for p, f, c in zip(prompts, self.fed, shared, strict=True)], keep=True)
+            self.fed = [p[:c] for p, c in zip(prompts, shared, strict=True)]
+        out = {}
+        for m, alt_prompts in alts.items():
+            logits = self._read([p[len(f):] for p, f in zip(alt_prompts, self.fed, strict=True)], keep=False)
+            shown = option_probabilities(logits, renderer.option_tokens[j])
+            out[m] = over_codes(shown, [alt_orders[m]] * len(alt_prompts))
+        return out
+
+    def _read(self, segments: list[list[int]], keep: bool) -> torch.Tensor:
+        """Read each twin's segment (left-padded to one width) on top of its cache; the (b, V)
+        logits of the last position. `keep=False` rolls the cache back afterwards."""
+        b = len(segments)
         width = max(len(s) for s in segments)
-        ids = torch.full((b, width), pad_id, dtype=torch.long)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         seg_mask = torch.zeros((b, width), dtype=torch.long)
         for r, seg in enumerate(segments):                  # left-pad: the last position is real for every twin
-            ids[r, width - len(seg):] = torch.tensor(seg)
-            seg_mask[r, width - len(seg):] = 1
-        ids, seg_mask = ids.to(device), seg_mask.to(device)
-        counts = mask.sum(dim=1, keepdim=True)              # real tokens already read, per twin
+            if seg:
+                ids[r, width - len(seg):] = torch.tensor(seg)
+                seg_mask[r, width - len(seg):] = 1
+        ids, seg_mask = ids.to(self.device), seg_mask.to(self.device)
+        counts = self.mask.sum(dim=1, keepdim=True)         # real tokens already read, per twin
         positions = (counts + seg_mask.cumsum(dim=1) - 1).clamp(min=0)
-        mask = torch.cat([mask, seg_mask], dim=1)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                    **{_cache_keyword(model): cache})
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        p = option_probabilities(out.logits[:, -1, :], renderer.option_tokens[j])      # (b, K)
-        choice = choose(p, uniforms[:, j], temperature)
-        for r in range(b):
-            code = q.codes[int(choice[r])]
-            mine[r].append(code)
-            answers[rows[r]][j] = code
-            fed[r] = prompts[r]
-        probs[j][rows] = p
-        read += int(seg_mask.sum())
-    return read
+        mask = torch.cat([self.mask, seg_mask], dim=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{_cache_keyword(self.model): self.cache})
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        if keep:
+            self.mask = mask
+        else:
+            _drop_last(self.cache, width)
+        self.read += int(seg_mask.sum())
+        return out.logits[:, -1, :]
+
+
+def _drop_last(cache: Any, n: int) -> None:
+    """Remove the last `n` positions of a KV cache (a negative `crop` removes that many, in
+    transformers 4 and 5 alike)."""
+    if n:
+        cache.crop(-n)
 
 
 def _cache_keyword(model: Any) -> str:
@@ -185,14 +319,14 @@ def _cache_keyword_of(model_class: type) -> str:
 
 
 def direct_probabilities(model: Any, renderer: Renderer, given: Mapping[str, Any], answers: Sequence[Any],
-                         j: int) -> np.ndarray:
-    """The straightforward computation, for checks: the full prompt of question j, one twin, no
-    cache, no padding, all logits. (K,) option probabilities."""
+                         j: int, orders: Sequence[Order | None] | None = None) -> np.ndarray:
+    """The straightforward computation, for checks: the full prompt of question j (options shown
+    in `orders`), one twin, no cache, no padding, all logits. (K,) option probabilities over codes."""
     device = next(model.parameters()).device
-    ids = torch.tensor([renderer.prompt_ids(given, answers, j)], device=device)
+    ids = torch.tensor([renderer.prompt_ids(given, answers, j, orders)], device=device)
     with torch.inference_mode():
         logits = model(input_ids=ids).logits[:, -1, :]
-    return option_probabilities(logits, renderer.option_tokens[j])[0]
+    return over_codes(option_probabilities(logits, renderer.option_tokens[j]), [orders[j] if orders else None])[0]
 
 
 def uniforms_for(n_twins: int, n_questions: int, seed: int) -> np.ndarray:

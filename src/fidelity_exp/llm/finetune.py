@@ -1,7 +1,10 @@
 """LoRA fine-tuning on the pilot humans' interviews (config group `finetune`).
 
 The training data are the pilot respondents' complete interviews, rendered by the same
-`interview.messages` as simulation; the loss is on the answer letters only. Training runs on
+`interview.messages` as simulation; the loss is on the answer letters only. With
+`finetune.option_order=random` every pilot interview is rendered again for every epoch, each
+question's options in a fresh order seeded by (seed, respondent, question, epoch), so the
+adapter learns which option a respondent chose, not where it was printed. Training runs on
 the transformers `Trainer` (optimizer, schedule, seeding, mixed precision and multi-GPU come
 from it on a cluster); the loss of every step goes to MLflow through a callback.
 """
@@ -19,10 +22,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from fidelity_exp.errors import ConfigError
-from fidelity_exp.llm.interview import Renderer
+from fidelity_exp.llm.interview import Renderer, interview_orders
 from fidelity_exp.llm.models import LoadedModel
 
 log = logging.getLogger(__name__)
+ORDERS = ("fixed", "random")   # finetune.option_order
 
 
 @dataclass
@@ -32,6 +36,7 @@ class FinetuneResult:
     examples: int = 0
     tokens: int = 0                             # real tokens forward+backward, all steps
     seconds: float = 0.0
+    served: dict[int, int] = field(default_factory=dict)   # option_order=random: epoch -> interviews served
 
     @property
     def tokens_per_s(self) -> float:
@@ -63,13 +68,36 @@ class _Collator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[Any]]):
+def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[Any]],
+                 option_order: str = "fixed", seed: int = 0, epoch: int = 0):
+    """The pilot interviews as (input_ids, labels) rows; with `option_order=random` each
+    question's options in the order seeded by (seed, respondent, question, epoch)."""
+    if option_order not in ORDERS:
+        raise ConfigError("finetune.option_order", option_order, f"expected one of {', '.join(ORDERS)}")
     rows = []
-    for g, a in zip(given, answers, strict=True):
-        ids, labels = renderer.training_example(g, a)
+    for i, (g, a) in enumerate(zip(given, answers, strict=True)):
+        orders = (interview_orders(renderer.spec, option_order, seed=seed, who=i, epoch=epoch)
+                  if option_order == "random" else None)
+        ids, labels = renderer.training_example(g, a, orders)
         if any(x != -100 for x in labels):      # a respondent with no answer teaches nothing
             rows.append({"input_ids": ids, "labels": labels})
     return rows
+
+
+def training_data(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[Any]],
+                  option_order: str = "fixed", seed: int = 0) -> "_EpochData":
+    """What the Trainer reads: the same interviews every epoch (`fixed`), or rendered anew for
+    each epoch (`random`); `next_epoch()` is called as each epoch begins."""
+    return _EpochData(lambda epoch: training_set(renderer, given, answers, option_order, seed, epoch),
+                      per_epoch=option_order != "fixed")
+
+
+def option_order(cfg: Any) -> str:
+    """`finetune.option_order` (fixed when the group does not say)."""
+    mode = cfg.get("option_order", "fixed") if cfg is not None else "fixed"
+    if mode not in ORDERS:
+        raise ConfigError("finetune.option_order", mode, f"expected one of {', '.join(ORDERS)}")
+    return str(mode)
 
 
 @contextlib.contextmanager
@@ -90,7 +118,8 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
 
     if cfg.method != "lora":
         raise ConfigError("finetune.method", cfg.method, "expected lora (or finetune=none for no fine-tuning)")
-    rows = training_set(renderer, given, answers)
+    dataset = training_data(renderer, given, answers, option_order(cfg), int(cfg.seed))
+    rows = dataset.rendered[0]
     if not rows:
         raise ConfigError("pilot", len(given), "the pilot has no answered question to fine-tune on")
     torch.manual_seed(int(cfg.seed))                   # LoRA's A matrices start random
@@ -106,6 +135,9 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
                 if on_step:
                     on_step(state.global_step, float(logs["loss"]))
 
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            dataset.next_epoch()   # before the epoch's data loader is iterated
+
     cuda = loaded.device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -118,7 +150,7 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
             **_sampling(bool(cfg.get("group_by_length", True))),
         )
         with _quiet_trainer():
-            trainer = _answer_loss_trainer()(model=model, args=args, train_dataset=_ListDataset(rows),
+            trainer = _answer_loss_trainer()(model=model, args=args, train_dataset=dataset,
                                              data_collator=collator, callbacks=[StepLog()])
         if not progress:
             from transformers.trainer_callback import PrinterCallback
@@ -129,6 +161,7 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
             trainer.train()
         result.seconds = time.perf_counter() - start
     result.tokens = collator.tokens
+    result.served = dict(dataset.served) if dataset.per_epoch else {}
     model.eval()
     log.info("fine-tuned on %d pilot interviews: %d steps, loss %.3f -> %.3f, %.0f tokens/s", len(rows),
              len(result.losses), result.losses[0], result.losses[-1], result.tokens_per_s)
@@ -171,12 +204,30 @@ def _sampling(group_by_length: bool) -> dict:
     return {"group_by_length": group_by_length}
 
 
-class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
+class _EpochData(torch.utils.data.Dataset):
+    """The pilot interviews, `render(epoch)` for each epoch when `per_epoch` (else epoch 0's
+    every time). Epoch 0 is rendered first: the length-grouping sampler reads it before
+    training. Every epoch holds the same respondents in the same places; only the options'
+    order changes."""
+
+    def __init__(self, render: Callable[[int], list[dict]], per_epoch: bool):
+        self.render, self.per_epoch = render, per_epoch
+        self.rendered, self.epoch = {0: render(0)}, -1
+        self.served: dict[int, int] = {}   # epoch -> interviews handed to training (not the length pass)
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        if self.per_epoch and self.epoch not in self.rendered:
+            self.rendered[self.epoch] = self.render(self.epoch)
+
+    def rows(self) -> list[dict]:
+        """The interviews of the current epoch."""
+        return self.rendered[max(self.epoch, 0) if self.per_epoch else 0]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rendered[0])
 
     def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
+        if self.epoch >= 0:
+            self.served[self.epoch] = self.served.get(self.epoch, 0) + 1
+        return self.rows()[i]

@@ -1,6 +1,7 @@
 """The side-by-side report: arms as columns, headline metrics with 95% intervals as rows, the
-human split-half reference beside them; PNG plots of answer distributions, subgroup JS by
-level and a coefficient forest plot. `write_report` writes report.md, report.html (plots
+human split-half reference beside them; the LLM arms' option order effects (report/position.py);
+PNG plots of answer distributions, subgroup JS by level, a coefficient forest plot and the
+position effects. `write_report` writes report.md, report.html (plots
 embedded) and plots/*.png into a folder and returns their paths.
 """
 
@@ -21,7 +22,7 @@ import pandas as pd  # noqa: E402
 from fidelity_exp.metrics import registry  # noqa: E402
 from fidelity_exp.metrics.regression import Z_CRIT, term_key, terms_in  # noqa: E402
 from fidelity_exp.metrics.subgroup import level_key  # noqa: E402
-from fidelity_exp.report import verdict  # noqa: E402
+from fidelity_exp.report import position, verdict  # noqa: E402
 from fidelity_exp.study.spec import StudySpec  # noqa: E402
 
 
@@ -139,6 +140,11 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
         plots.append(folder / "plots" / "subgroup_js.png")
     if plot_coefficients(spec, metrics, arms, folder / "plots" / "coefficients.png"):
         plots.append(folder / "plots" / "coefficients.png")
+    order_arms = position.arms_with_position(metrics, arms)
+    order_tab = position.table(spec, human, synthetic, metrics, order_arms) if order_arms else None
+    if order_arms:
+        plots.append(folder / "plots" / "position.png")
+        position.plot(spec, metrics, order_arms, plots[-1])
 
     keys = headline_keys(metrics, arms)
     components = list(components if components is not None else registry.default_components())
@@ -162,6 +168,8 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
     if pairs_tab is not None:
         md += [pairs_intro, "", _markdown_table(pairs_tab), ""]
     md += ["## All headline metrics", "", intro, "", _markdown_table(tab), ""]
+    if order_tab is not None:
+        md += ["## Option order (position)", "", position.INTRO, "", _markdown_table(order_tab), ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]
     (folder / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     body = ("<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
@@ -169,6 +177,9 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
     if pairs_tab is not None:
         body += f"<p>{html.escape(pairs_intro)}</p>{pairs_tab.to_html(index=False, escape=True)}"
     body += f"<h2>All headline metrics</h2><p>{html.escape(intro)}</p>{tab.to_html(index=False, escape=True)}"
+    if order_tab is not None:
+        body += (f"<h2>Option order (position)</h2><p>{html.escape(position.INTRO)}</p>"
+                 f"{order_tab.to_html(index=False, escape=True)}")
     page = html_page(title, body, plots)
     (folder / "report.html").write_text(page, encoding="utf-8")
     return [folder / "report.md", folder / "report.html", *plots]

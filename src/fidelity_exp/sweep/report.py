@@ -1,7 +1,8 @@
 """The sweep report, logged to the parent run: trials table, pilot-size curve, Optuna plots.
 
 - `trials.csv` / the table: every trial's number, state, objective, params, timing (trial
-  duration from ask to tell; the run's own time and its tracking time) and headline metrics.
+  duration from ask to tell; the run's own time and its tracking time), every arm's
+  fidelity_score and the LLM arms' mean primacy and order sensitivity (trials.csv: every metric).
 - `plots/pilot_size.png` when `pilot.n` varies: each headline metric against `pilot.n`, one
   line per arm (mean over the trials at that size, i.e. over seeds, with the min-max range
   shaded), and the human split-half reference as a grey band (its min-max over those trials).
@@ -26,10 +27,12 @@ import pandas as pd  # noqa: E402
 
 from fidelity_exp.inference.regressions import ESTIMATORS, rectified_key, truth_terms  # noqa: E402
 from fidelity_exp.metrics import registry  # noqa: E402
+from fidelity_exp.metrics.position import MEASURES, mean_key  # noqa: E402
 from fidelity_exp.metrics.score import SCORE  # noqa: E402
 from fidelity_exp.report import arm_keys, html_page, save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
+POSITION_MEANS = tuple(f"/{mean_key(m)}" for m in MEASURES)   # the LLM arms' option order effects, per trial
 
 
 def trials_frame(study, runs: pd.DataFrame | None) -> pd.DataFrame:
@@ -260,7 +263,7 @@ def write_sweep_report(folder: Path, study, runs: pd.DataFrame | None, *, object
         lines.append("Coverage of the 95% intervals against the full-data fit, averaged over terms: " + "; ".join(
             f"{k} {r.coverage:.1%} (mean width {r.width:.3g})" for k, r in summary.iterrows()) + " (coverage.csv).")
     shown = [c for c in frame.columns if c in ("trial", "state", "value", "duration_s", "overhead_share", "error")
-             or c.startswith("param:") or c.endswith(f"/{SCORE}")]
+             or c.startswith("param:") or c.endswith((f"/{SCORE}", *POSITION_MEANS))]
     table = frame[shown].copy() if len(frame) else frame
     md = ["# Sweep report", "", *[f"- {x}" for x in lines], "", _markdown(table) if len(table) else "(no trials)", ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]

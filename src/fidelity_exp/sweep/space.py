@@ -32,6 +32,15 @@ class SearchSpace:
         values = [self.distributions[n].choices for n in names]  # type: ignore[attr-defined]
         return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
+    def one_at_a_time(self) -> list[dict[str, Any]]:
+        """Each param's values alone (every choice; an interval's two ends), the others left as
+        configured: what a sampler that is not a grid may ask for, checked before a trial runs."""
+        points = []
+        for name, dist in self.distributions.items():
+            values = dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
+            points += [{name: v} for v in values]
+        return points
+
     def overrides(self, params: Mapping[str, Any]) -> list[str]:
         return [*self.fixed, *(f"{k}={format_value(v)}" for k, v in params.items())]
 

@@ -80,11 +80,11 @@ class OptunaSweep:
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def check(self, space: SearchSpace) -> tuple[DictConfig, str]:
-        """Check the configs trials will run (all of a grid's) and the objective; returns the
-        fixed config and the study direction."""
+        """Check the configs trials will run (all of a grid's; each param's values one at a time
+        for the other samplers) and the objective; returns the fixed config and the study direction."""
         base = self.compose(space.fixed)
         fixed = pipeline.plan(base, dict(base.hydra.runtime.choices))
-        points = space.grid() if self.s.sampler == "grid" else []
+        points = space.grid() if self.s.sampler == "grid" else space.one_at_a_time()
         for point in points:
             cfg = self.compose(space.overrides(point))
             same_data = OmegaConf.to_yaml(cfg.data) == OmegaConf.to_yaml(base.data)
