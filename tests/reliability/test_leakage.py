@@ -27,8 +27,8 @@ def _artifact(client, run_id: str, path: str, dest) -> pd.DataFrame:
 def test_pilot_validation_evaluation_disjoint_and_training_only_on_pilot(composer, tmp_path, monkeypatch):
     rendered: list[list[int]] = []
 
-    def recording_training_set(renderer, given, answers):   # the real function; its output is kept to inspect
-        rows = real_training_set(renderer, given, answers)
+    def recording_training_set(renderer, given, answers, *args, **kwargs):   # the real function, output kept
+        rows = real_training_set(renderer, given, answers, *args, **kwargs)
         rendered.extend(row["input_ids"] for row in rows)
         return rows
 
