@@ -233,7 +233,7 @@ class _Batch:
                                          "(chat template not prefix-stable)")
             scored = self._extra_scorings(j, prompts) if self.branches.extra else {}
             logits = self._read([p[len(f):] for p, f in zip(prompts, self.fed, strict=True)], keep=True)
-            self.fed = [list(p) for p in prompts]
+            self.fed = prompts   # fresh lists, never changed in place
             p = over_codes(option_probabilities(logits, renderer.option_tokens[j]), [o[j] for o in self.orders])
             if scored:
                 scored["main"] = p

@@ -72,8 +72,7 @@ def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers
                  option_order: str = "fixed", seed: int = 0, epoch: int = 0):
     """The pilot interviews as (input_ids, labels) rows; with `option_order=random` each
     question's options in the order seeded by (seed, respondent, question, epoch)."""
-    if option_order not in ORDERS:
-        raise ConfigError("finetune.option_order", option_order, f"expected one of {', '.join(ORDERS)}")
+    _check_order(option_order)
     rows = []
     for i, (g, a) in enumerate(zip(given, answers, strict=True)):
         orders = (interview_orders(renderer.spec, option_order, seed=seed, who=i, epoch=epoch)
@@ -95,9 +94,13 @@ def training_data(renderer: Renderer, given: Sequence[Mapping[str, Any]], answer
 def option_order(cfg: Any) -> str:
     """`finetune.option_order` (fixed when the group does not say)."""
     mode = cfg.get("option_order", "fixed") if cfg is not None else "fixed"
+    _check_order(mode)
+    return str(mode)
+
+
+def _check_order(mode: Any) -> None:
     if mode not in ORDERS:
         raise ConfigError("finetune.option_order", mode, f"expected one of {', '.join(ORDERS)}")
-    return str(mode)
 
 
 @contextlib.contextmanager
