@@ -12,8 +12,10 @@ import hydra
 from omegaconf import DictConfig
 
 from fidelity_exp.errors import UserError
+from fidelity_exp.study.loading import AliasBomb, bound_omegaconf_yaml
 from fidelity_exp.sweep.configs import register_sweeps
 
+bound_omegaconf_yaml()  # a YAML alias bomb is refused in milliseconds, not expanded
 register_sweeps()  # the `sweep` group: sweeps/*.yaml (python -m fidelity_exp -m ... +sweep=lora)
 
 # A source checkout keeps the configs at the repository root; a wheel carries them inside the package.
@@ -55,13 +57,29 @@ def _user_mistake(e: BaseException) -> str | None:
 
     if isinstance(e, UserError):
         return str(e)
+    if isinstance(e, AliasBomb):
+        return f"refused YAML: {str(e).strip()}"
     if isinstance(e, yaml.YAMLError):   # its text names the file, line and column
         return f"malformed YAML: {e}"
     if isinstance(e, (HydraException, OmegaConfBaseException)):
         cause = e.__cause__
         extra = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) and str(cause) not in str(e) else ""
         return _explained(f"{e}{extra}")
+    if isinstance(e, OSError) and e.filename and not _inside_app(e):   # Hydra's own run directory, config snapshot or log
+        return (f"cannot write the run directory ({e.strerror}: {e.filename}); choose a folder you can write to "
+                "with hydra.run.dir=... (hydra.sweep.dir=... for -m) or paths.outputs=...")
     return None
+
+
+def _inside_app(e: BaseException) -> bool:
+    """Whether `e` was raised while the run itself ran (then an OSError is a bug to show), rather
+    than while Hydra prepared it."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is app.__wrapped__.__code__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _explained(message: str) -> str:

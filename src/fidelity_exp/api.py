@@ -147,7 +147,7 @@ def read_humans(spec: StudySpec, data: Any, *, what: str = "human file") -> pd.D
             raw = raw.rename_axis(spec.id).reset_index()
     else:
         origin = str(resolve(data))
-        raw, name = read_table(origin, what), f"file {origin!r}"
+        raw, name = read_table(origin, what, (spec.id,) if spec.id else ()), f"file {origin!r}"
     return canonical_frame(spec, raw, origin=origin, data_name=name, use_id=True)
 
 
@@ -156,7 +156,7 @@ def read_synthetic(spec: StudySpec, data: Any, *, human_ids: pd.Index, name: str
     if isinstance(data, pd.DataFrame):
         return check_synthetic(spec, data, name=name, human_ids=human_ids)
     path = str(resolve(data))
-    return check_synthetic(spec, read_table(path, name), name=path, human_ids=human_ids)
+    return check_synthetic(spec, read_table(path, name, ("twin_of",)), name=path, human_ids=human_ids)
 
 
 def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.DataFrame], options: Options

@@ -44,7 +44,14 @@ class ConfigError(UserError):
 
     def __init__(self, key: str, value: object, expected: str, origin: str = "config"):
         self.key, self.value, self.expected, self.origin = key, value, expected, origin
-        super().__init__(f"{origin}: {key}={value!r}: {expected}")
+        shown = repr(value)
+        shown = shown if len(shown) <= 120 else f"{shown[:100]}...' ({len(str(value))} characters)"
+        super().__init__(f"{origin}: {key}={shown}: {expected}")
 
     def __reduce__(self):
         return type(self), (self.key, self.value, self.expected, self.origin)
+
+
+class ArmFailed(UserError):
+    """An arm's twins cannot be scored (too few, or questions left unanswered): the run stops
+    with the reason rather than report numbers about other respondents."""

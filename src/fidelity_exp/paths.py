@@ -6,8 +6,37 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fidelity_exp.errors import ConfigError
+from fidelity_exp.settings import Checked, option
+
+PATH = r"[^\x00]+"
+
+
+@dataclass
+class PathSettings(Checked):
+    """The `paths` group: where runs and stores go (conf/paths/default.yaml)."""
+
+    root: str = option(".", pattern=PATH, what="a path")
+    mlruns: str = option("mlruns", pattern=PATH, what="a path")
+    outputs: str = option("mlruns/outputs", pattern=PATH, what="a path")
+
+
+def writable_folder(path: str | os.PathLike, key: str) -> Path:
+    """`path` resolved and created if need be; a `ConfigError` naming `key` when it cannot be a
+    folder this process writes to (checked before a run starts, so nothing is half-written)."""
+    target = resolve(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as e:
+        raise ConfigError(key, str(path), f"expected a folder this process can create and write to "
+                          f"({e.strerror}: {e.filename or target})") from None
+    return target
 
 
 def start_dir() -> Path:

@@ -16,20 +16,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp import api, tracking
-from fidelity_exp.arms import Arm, ArmContext, build_arms
-from fidelity_exp.arms.llm import FINETUNE_METHODS, BaseModel, Finetuned, LLMSession, LLMSettings
-from fidelity_exp.errors import ConfigError
-from fidelity_exp.inference.regressions import PREDICTIONS, TwinSets, rectified_regressions
+from fidelity_exp.arms import Arm, ArmContext, build_arms, check_arm_names
+from fidelity_exp.arms.llm import BaseModel, Finetuned, LLMSession, LLMSettings
+from fidelity_exp.errors import ArmFailed, ConfigError
+from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
 from fidelity_exp.metrics import Options, prefixed
 from fidelity_exp.metrics.position import OrderScorings, position_metrics
 from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import resolve
+from fidelity_exp.settings import Checked, check_config, typed
 from fidelity_exp.study import Split, SplitSettings, Study
 from fidelity_exp.study.synthetic_file import check_synthetic
 
@@ -80,8 +81,6 @@ def setup_arms(cfg: DictConfig, settings: SplitSettings) -> dict[str, Arm]:
     base model alone), each checked."""
     arms = build_arms(cfg.get("arms"))
     method = cfg.finetune.method
-    if method not in FINETUNE_METHODS:
-        raise ConfigError("finetune.method", method, f"expected one of {', '.join(FINETUNE_METHODS)}")
     finetuned = [name for name, arm in arms.items() if isinstance(arm, Finetuned)]
     if settings.rectified and (method != "lora" or not finetuned):
         value = settings.finetune_fraction if settings.finetune_fraction != 1 else settings.crossfit_folds
@@ -95,17 +94,27 @@ def setup_arms(cfg: DictConfig, settings: SplitSettings) -> dict[str, Arm]:
     return arms
 
 
+@dataclass
+class EvaluateSettings(Checked):
+    """`evaluate` (conf/experiment/evaluate.yaml): score a file of synthetic respondents."""
+
+    synthetic: Optional[str] = None
+    human: Optional[str] = None
+    arm: str = api.DEFAULT_ARM
+
+
 def setup_evaluate(evaluate_cfg: DictConfig, study: Study) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Evaluate-only: a synthetic file against the spec's humans (all of them) or a given file."""
-    if OmegaConf.is_missing(evaluate_cfg, "synthetic") or not evaluate_cfg.get("synthetic"):
+    settings = typed(EvaluateSettings, evaluate_cfg, "evaluate")
+    if not settings.synthetic:
         raise ConfigError("evaluate.synthetic", None, "expected the path of a CSV or parquet file of synthetic "
                           "respondents (format: SURVEY_SPEC.md), e.g. evaluate.synthetic=twins.csv")
+    check_arm_names([settings.arm], "evaluate.arm")
     human = study.frame
-    if evaluate_cfg.get("human"):
-        human = api.read_humans(study.spec, evaluate_cfg.human, what="evaluate.human")
-    arm = str(evaluate_cfg.get("arm") or api.DEFAULT_ARM)
-    return human, {arm: api.read_synthetic(study.spec, evaluate_cfg.synthetic, human_ids=human.index,
-                                           name="evaluate.synthetic")}
+    if settings.human:
+        human = api.read_humans(study.spec, settings.human, what="evaluate.human")
+    return human, {settings.arm: api.read_synthetic(study.spec, settings.synthetic, human_ids=human.index,
+                                                    name="evaluate.synthetic")}
 
 
 def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
@@ -120,8 +129,10 @@ def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
 def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | None = None) -> Plan:
     """The run `cfg` describes, every part read from its own config group and checked."""
     choices = choices or {}
+    groups = check_config(cfg)             # every group's types and ranges, before the spec is read
     study = study or setup_study(cfg.data, choices.get("data"))
-    options = Options.from_config(cfg.metrics)
+    options = groups["metrics"]
+    uri = tracking.check_store(cfg) if cfg.tracking.enabled else tracking.tracking_uri(cfg)
     if cfg.get("evaluate") is not None:
         human, files = setup_evaluate(cfg.evaluate, study)
         options.check_compare(files)
@@ -130,13 +141,11 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     settings = split_settings(cfg)
     split = settings.draw(study)
     arms = setup_arms(cfg, settings)
-    predictions = (cfg.get("ppi") or {}).get("predictions", "expected")
-    if predictions not in PREDICTIONS:
-        raise ConfigError("ppi.predictions", predictions, f"expected one of {', '.join(PREDICTIONS)}")
+    predictions = groups["ppi"].predictions if "ppi" in groups else "expected"
     if options.compare is None:
         options = dataclasses.replace(options, compare=default_comparisons(arms))
     options.check_compare(arms)
-    llm = LLMSettings.from_config(cfg, tracking_uri=tracking.tracking_uri(cfg))   # checked even when unused
+    llm = LLMSettings.from_config(cfg, tracking_uri=uri)   # checked even when unused
     if not any(arm.uses_llm for arm in arms.values()):
         llm = None
     return Plan(study=study, options=options, arms=arms, split=split, scored_on=settings.score_on,
@@ -208,10 +217,25 @@ def simulate_arms(p: Plan, tracked: tracking.TrackedRun | None
             log.info("arm %s: simulating %d twins", name, len(p.split.evaluation))
         twins = arm.simulate(ctx)
         frames[name] = check_synthetic(p.study.spec, twins.frame, name=f"arm {name}", human_ids=p.split.evaluation)
+        check_answered(p.study, frames[name], name, p.split.evaluation)
         twin_sets = twins.rectification or twin_sets
         if twins.position is not None:
             positions[name] = twins.position
     return frames, twin_sets, positions
+
+
+def check_answered(study: Study, frame: pd.DataFrame, arm: str, humans: pd.Index) -> None:
+    """An arm's twins are the scored humans, one each, and answered every question their human
+    answered; otherwise the arm cannot be scored and the run stops with the reason."""
+    if "twin_of" not in frame.columns or sorted(frame["twin_of"].astype(str)) != sorted(humans.astype(str)):
+        raise ArmFailed(f"arm {arm}: expected one twin for each of the {len(humans)} scored humans, got {len(frame)} "
+                        "rows; its metrics would describe other respondents")
+    human = study.frame.loc[frame["twin_of"].to_numpy()]
+    for q in study.spec.question_columns:
+        unanswered = frame[q].isna().to_numpy() & human[q].notna().to_numpy()
+        if unanswered.any():
+            raise ArmFailed(f"arm {arm}: {int(unanswered.sum())} twins gave no answer to {q!r} although their humans "
+                            f"answered it (twins of {list(frame['twin_of'][unanswered][:5])}); it cannot be scored")
 
 
 def rectify(p: Plan, twin_sets: TwinSets) -> tuple[dict[str, float], dict[str, str]]:

@@ -209,7 +209,11 @@ def test_adapter_round_trip_through_mlflow(study, tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("adapters", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(exp)
-    version = adapters.log_and_register(TrackedRun(client, run.info.run_id), trained, "anes96-tiny_random-lora")
+    tracked = TrackedRun(client, run.info.run_id)
+    adapters.log_and_register(tracked, trained, "anes96-tiny_random-lora")
+    assert not client.search_model_versions("name='anes96-tiny_random-lora'")   # registered when the run finishes
+    tracked.finish()
+    version = client.search_model_versions("name='anes96-tiny_random-lora'")[0].version
     files = {f.path for f in client.list_artifacts(run.info.run_id, "adapter")}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]   # safetensors only, no pickle
@@ -220,6 +224,31 @@ def test_adapter_round_trip_through_mlflow(study, tmp_path):
                                direct_probabilities(trained, r, twin, [3], 1), atol=1e-6)
     assert not np.allclose(direct_probabilities(tiny().model, r, twin, [3], 1),
                            direct_probabilities(trained, r, twin, [3], 1), atol=1e-6)
+
+
+def test_a_run_that_fails_after_fine_tuning_registers_nothing(tmp_path):
+    """The adapter is logged at once but registered only when the run finishes: a run that ends
+    FAILED (here: an error after fine-tuning) leaves no model version behind."""
+    from hydra import compose, initialize_config_dir
+    from peft import get_peft_model
+
+    from fidelity_exp.llm.finetune import lora_config
+    from fidelity_exp.tracking import start_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path}/artifacts"])
+    model = get_peft_model(tiny().model, lora_config(OmegaConf.create({"rank": 2, "alpha": 4, "dropout": 0.0,
+                                                                        "target_modules": ["q_proj"]})))
+    with pytest.raises(RuntimeError, match="late failure"):
+        with start_run(cfg, run_name="fails", tags={}) as tracked:
+            adapters.log_and_register(tracked, model, "late-lora")
+            raise RuntimeError("late failure")
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]
+    assert run.info.status == "FAILED" and "late failure" in run.data.tags["error"]
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "adapter")}   # logged, for a post-mortem
+    assert client.search_model_versions("name='late-lora'") == []
 
 
 def test_a_pickled_or_corrupt_adapter_is_refused(tmp_path, base):

@@ -30,7 +30,7 @@ class Case:
     prepare: Callable[[Path], list[str]]
     expect: tuple[str, ...]            # fragments the message must contain (file, key, value, expectation)
     run_may_exist: bool = False        # the error can only show once a run has started (then it is FAILED)
-    extra: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)   # environment variables the command sees
 
 
 def _study(folder: Path, frame=None, csv_text: str | None = None, csv_bytes: bytes | None = None,
@@ -105,6 +105,57 @@ def _corrupt_adapter(folder: Path) -> list[str]:
     (adapter / "adapter_model.safetensors").write_bytes(b"\x00\x01not a safetensors file")
     return [*_study(folder)[:2], "model=tiny_random", "finetune=registered", f"finetune.uri={adapter}",
             "arms=[finetuned]", "metrics.bootstrap=5", "metrics.reference_splits=2", "pilot.n=20"]
+
+
+def _csv_rows(folder: Path, edit: Callable[[list[str]], list[str]]) -> list[str]:
+    """The user's study over a CSV whose lines `edit` changed (header first)."""
+    return _study(folder, csv_text="\n".join(edit(tiny_frame().to_csv(index=False).splitlines())) + "\n")
+
+
+def _trailing_delimiters(lines: list[str]) -> list[str]:
+    return [lines[0]] + [line + "," for line in lines[1:]]
+
+
+def _column_named(folder: Path, column: str) -> list[str]:
+    """A spec whose first question's column is `column` (in the data, the spec's formula and pair)."""
+    def edit(spec):
+        spec["questions"][0]["column"] = column
+        spec["coherence"][0]["belief"] = column
+        spec["regressions"]["buy_model"]["formula"] = f"buy ~ Q('{column}') + age"
+    return _study(folder, frame=tiny_frame().rename(columns={"trust": column}), rename=edit)
+
+
+def _synthetic_csv(folder: Path, edit: Callable[[list[str]], list[str]]) -> list[str]:
+    args = _study(folder)
+    lines = tiny_frame().rename(columns={"rid": "twin_of"}).to_csv(index=False).splitlines()
+    (folder / "twins.csv").write_text("\n".join(edit(lines)) + "\n")
+    return [*args, "+experiment=evaluate", "evaluate.synthetic=twins.csv"]
+
+
+def _leading_zero_ids(folder: Path) -> list[str]:
+    """Humans with ids '007'-style; a synthetic file whose twin ids lost their zeros ('7')."""
+    frame = tiny_frame()
+    frame["rid"] = [f"{i:03d}" for i in range(len(frame))]
+    args = _study(folder, frame=frame)
+    twins = frame.rename(columns={"rid": "twin_of"})
+    twins["twin_of"] = [str(i) for i in range(len(twins))]
+    twins.to_csv(folder / "twins.csv", index=False)
+    return [*args, "+experiment=evaluate", "evaluate.synthetic=twins.csv"]
+
+
+def _alias_bomb(folder: Path) -> list[str]:
+    """A 1 KB spec of nested anchors that would expand to 9^9 values."""
+    args = _study(folder)
+    spec = Path(_spec_path(folder))
+    bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    spec.write_text(spec.read_text() + "\n".join(bomb) + "\n")
+    return args
+
+
+def _a_file(folder: Path) -> Path:
+    (folder / "afile").write_text("not a folder")
+    return folder / "afile"
 
 
 CASES: dict[str, Case] = {
@@ -197,6 +248,99 @@ CASES: dict[str, Case] = {
         ("twins.csv", "twin_of", "x0")),
     "synthetic_file_missing": Case(lambda f: [*_study(f), "+experiment=evaluate", "evaluate.synthetic=none.csv"],
                                    ("evaluate.synthetic", "none.csv")),
+    # -- config values: every group's declared types and ranges (settings.py), before any run ------------
+    "seed_negative": Case(lambda f: [*_study(f), "seed=-1"], ("seed=-1", "0 to 4294967295")),
+    "seed_beyond_32_bits": Case(lambda f: [*_study(f), "metrics.seed=99999999999"], ("metrics.seed", "99999999999")),
+    "alpha_above_one": Case(lambda f: [*_study(f), "metrics.alpha=1.5"], ("metrics.alpha", "1.5", "(0, 1)")),
+    "bootstrap_not_a_number": Case(lambda f: [*_study(f), "metrics.bootstrap=many"], ("metrics.bootstrap", "many")),
+    "min_group_size_negative": Case(lambda f: [*_study(f), "metrics.min_group_size=-3"],
+                                    ("metrics.min_group_size", "-3", ">= 1")),
+    "temperature_nan": Case(lambda f: [*_study(f), "simulate.temperature=nan"], ("simulate.temperature", "nan", ">= 0")),
+    "temperature_infinite": Case(lambda f: [*_study(f), "simulate.temperature=inf"], ("simulate.temperature", "inf")),
+    "lora_rank_zero": Case(lambda f: [*_study(f), "finetune.lora.rank=0"], ("finetune.lora.rank", "0", "1 to 4096")),
+    "lora_dropout_one": Case(lambda f: [*_study(f), "finetune.lora.dropout=1.0"], ("finetune.lora.dropout", "[0, 1)")),
+    "lora_no_target_modules": Case(lambda f: [*_study(f), "finetune.lora.target_modules=[]"],
+                                   ("finetune.lora.target_modules", "non-empty")),
+    "learning_rate_negative": Case(lambda f: [*_study(f), "finetune.learning_rate=-1"],
+                                   ("finetune.learning_rate", "-1", "(0, 1]")),
+    "epochs_zero": Case(lambda f: [*_study(f), "finetune.epochs=0"], ("finetune.epochs", "0", "1 to 1000")),
+    "max_steps_zero": Case(lambda f: [*_study(f), "finetune.max_steps=0"], ("finetune.max_steps", "0", "null")),
+    "scheduler_unknown": Case(lambda f: [*_study(f), "finetune.scheduler=annealing"],
+                              ("finetune.scheduler", "annealing", "cosine")),
+    "finetune_method_unknown": Case(lambda f: [*_study(f), "finetune.method=qlora9"], ("finetune.method", "qlora9")),
+    "registered_without_uri": Case(lambda f: [*_study(f), "finetune=registered"], ("finetune.uri", "models:/")),
+    "model_device_unknown": Case(lambda f: [*_study(f), "model.device=gpu"], ("model.device", "gpu", "cuda:N")),
+    "model_dtype_unknown": Case(lambda f: [*_study(f), "model.dtype=float8"], ("model.dtype", "float8", "bfloat16")),
+    "model_heads_do_not_divide": Case(lambda f: [*_study(f), "model=tiny_random",
+                                                 "model.architecture.num_key_value_heads=3"],
+                                      ("model.architecture.num_key_value_heads", "3", "divisor")),
+    "finetune_fraction_zero": Case(lambda f: [*_study(f), "pilot.finetune_fraction=0"],
+                                   ("pilot.finetune_fraction", "0", "(0, 1]")),
+    "crossfit_folds_zero": Case(lambda f: [*_study(f), "pilot.crossfit_folds=0"], ("pilot.crossfit_folds", "0")),
+    "validation_n_negative": Case(lambda f: [*_study(f), "validation.n=-2"], ("validation.n", "-2")),
+    "eval_seed_negative": Case(lambda f: [*_study(f), "eval.seed=-7"], ("eval.seed", "-7")),
+    "score_on_unknown": Case(lambda f: [*_study(f), "score_on=test"], ("score_on", "test", "validation")),
+    "ppi_predictions_unknown": Case(lambda f: [*_study(f), "ppi.predictions=median"], ("ppi.predictions", "median")),
+    "run_name_too_long": Case(lambda f: [*_study(f), "tracking.run_name=" + "x" * 300],
+                              ("tracking.run_name", "300 characters", "1 to 250")),
+    "no_metric_families": Case(lambda f: [*_study(f), "metrics.families=[]"], ("metrics.families", "at least one")),
+    "no_score_components": Case(lambda f: [*_study(f), "metrics.score_components=[]"],
+                                ("metrics.score_components", "at least one")),
+    "stratum_for_a_random_pilot": Case(lambda f: [*_study(f), "pilot.by=region"], ("pilot.by", "region", "stratified")),
+    "run_id_malformed": Case(lambda f: [*_study(f), "tracking.run_id=abc"], ("tracking.run_id", "abc", "32 hex")),
+    # -- names that become metric keys: checked where they are born ---------------------------------------
+    "regressions_collide_after_sanitising": Case(
+        lambda f: _study(f, regressions={"m 1": {"formula": "buy ~ trust", "family": "logit"},
+                                         "m_1": {"formula": "buy ~ age", "family": "logit"}}),
+        ("mine.yaml", "regressions.m_1", "m 1", "merge")),
+    "subgroups_collide_after_sanitising": Case(
+        lambda f: _study(f, subgroups={"home region": {"column": "region", "groups": {"North": ["n"], "South": ["s"]}},
+                                       "home_region": {"column": "region", "groups": {"N": ["n"], "S": ["s"]}}}),
+        ("mine.yaml", "subgroups.home_region", "home region")),
+    "levels_differ_only_by_case": Case(
+        lambda f: _study(f, subgroups={"region": {"column": "region", "groups": {"North": ["n"], "north": ["s"]}}}),
+        ("mine.yaml", "subgroups.region.groups.north", "North")),
+    "question_named_like_a_key_word": Case(lambda f: _column_named(f, "mean"), ("mine.yaml", "questions[0].column",
+                                                                                "mean", "rename")),
+    "question_name_too_long": Case(lambda f: _column_named(f, "q" * 70), ("mine.yaml", "questions[0].column",
+                                                                          "70 characters")),
+    "regression_name_with_double_dot": Case(
+        lambda f: _study(f, regressions={"a..b": {"formula": "buy ~ trust", "family": "logit"}}),
+        ("mine.yaml", "regressions.a..b", "'..'")),
+    "coherence_pair_twice": Case(
+        lambda f: _study(f, coherence=[{"belief": "trust", "action": "buy"}, {"belief": "trust", "action": "buy"}]),
+        ("mine.yaml", "coherence[1]", "coherence[0]")),
+    "arm_named_like_a_key_prefix": Case(
+        lambda f: [*_study(f), "+arms.reference._target_=fidelity_exp.arms.tabular.Tabular"],
+        ("arms", "reference", "rename")),
+    "evaluate_arm_with_pair_separator": Case(lambda f: _synthetic(f, lambda fr: None) + ["evaluate.arm=a__vs__b"],
+                                             ("evaluate.arm", "a__vs__b", "__vs__")),
+    # -- data read as the spec says -----------------------------------------------------------------------
+    "trailing_delimiters": Case(lambda f: _csv_rows(f, _trailing_delimiters),
+                                ("mine.yaml", "survey.csv", "line 2", "6 fields", "header has 5")),
+    "one_row_with_an_extra_field": Case(lambda f: _csv_rows(f, lambda ls: ls[:7] + [ls[7] + ",9"] + ls[8:]),
+                                        ("mine.yaml", "survey.csv", "line 8", "6 fields")),
+    "duplicate_column_names": Case(lambda f: _csv_rows(f, lambda ls: [ls[0] + ",trust"] + [x + ",1" for x in ls[1:]]),
+                                   ("mine.yaml", "survey.csv", "duplicate column", "trust")),
+    "infinite_numeric_persona": Case(_with_frame(lambda fr: fr.__setitem__("age", [float("inf")] + list(fr.age[1:]))),
+                                     ("mine.yaml", "age", "inf", "finite")),
+    "synthetic_question_never_answered": Case(lambda f: _synthetic(f, lambda fr: fr.__setitem__("trust", None)),
+                                              ("twins.csv", "trust", "no answers")),
+    "synthetic_trailing_delimiters": Case(lambda f: _synthetic_csv(f, _trailing_delimiters),
+                                          ("twins.csv", "line 2", "header")),
+    "synthetic_twin_ids_lost_leading_zeros": Case(_leading_zero_ids, ("twins.csv", "twin_of", "'0'")),
+    # -- resources, stores and folders ---------------------------------------------------------------------
+    "yaml_alias_bomb": Case(_alias_bomb, ("mine.yaml", "aliases", "100,000")),
+    "tracking_uri_unknown_scheme": Case(lambda f: [*_study(f), "tracking.uri=bogus://x"],
+                                        ("tracking.uri", "bogus://x", "sqlite")),
+    "tracking_uri_from_the_environment": Case(lambda f: _study(f), ("MLFLOW_TRACKING_URI", "ftp://x", "schemes"),
+                                              env={"MLFLOW_TRACKING_URI": "ftp://x"}),
+    "sqlite_store_under_a_file": Case(lambda f: [*_study(f), f"tracking.uri=sqlite:///{_a_file(f)}/sub/mlflow.db"],
+                                      ("tracking.uri", "afile", "Not a directory")),
+    "artifact_root_under_a_file": Case(lambda f: [*_study(f), f"tracking.artifact_root={_a_file(f)}/art"],
+                                       ("tracking.artifact_root", "afile", "Not a directory")),
+    "run_directory_cannot_be_made": Case(lambda f: [*_study(f), f"hydra.run.dir={_a_file(f)}/run"],
+                                         ("run directory", "afile", "hydra.run.dir")),
     # -- models ----------------------------------------------------------------------------------------------
     "corrupt_adapter": Case(_corrupt_adapter, ("my_adapter", "adapter_model.safetensors", "safetensors")),
 }
@@ -213,7 +357,7 @@ def outcomes(tmp_path_factory):
     """Every case run once, two commands at a time (each in its own directory): name -> (folder, result)."""
     def one(name: str):
         folder = tmp_path_factory.mktemp(name)
-        return name, folder, cli(*CASES[name].prepare(folder), cwd=folder)
+        return name, folder, cli(*CASES[name].prepare(folder), cwd=folder, env=CASES[name].env)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return {name: (folder, done) for name, folder, done in pool.map(one, sorted(CASES))}
@@ -239,4 +383,4 @@ def test_bad_input_one_clear_message_nothing_half_written(name, outcomes):
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 70

@@ -135,21 +135,24 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """A config mistake is refused before any trial (below); what only shows while a trial runs
+    (here: its model's tokenizer file is not there) fails that trial, and the sweep goes on."""
+    good, missing = "SmolLM2-135M-Instruct.Q4_1.gguf", "missing.gguf"
     done = cli("-m", "+experiment=quickstart", "+sweep=lora", *TINY, "hydra.sweeper.sampler=grid",
-               "finetune.lora.rank=choice(4,0)", "simulate.temperature=choice(1.0)",
-               "finetune.learning_rate=choice(0.001)", "finetune.epochs=choice(1)",
+               f"model.tokenizer.file=choice('{good}','{missing}')", "finetune.lora.rank=choice(4)",
+               "simulate.temperature=choice(1.0)", "finetune.learning_rate=choice(0.001)", "finetune.epochs=choice(1)",
                "simulate.option_order=choice(averaged)", "finetune.option_order=choice(random)", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     study = _study(tmp_path)
-    by_rank = {t.params["finetune.lora.rank"]: t for t in study.trials}
-    assert by_rank[4].state.name == "COMPLETE" and by_rank[0].state.name == "FAIL"
-    assert by_rank[4].params["simulate.option_order"] == "averaged"     # order modes are plain sweep values
-    assert "positive integer" in by_rank[0].user_attrs["error"]
+    by_file = {t.params["model.tokenizer.file"]: t for t in study.trials}
+    assert by_file[good].state.name == "COMPLETE" and by_file[missing].state.name == "FAIL"
+    assert by_file[good].params["simulate.option_order"] == "averaged"     # order modes are plain sweep values
+    assert "missing.gguf" in by_file[missing].user_attrs["error"]
     _, parents, children = _runs(tmp_path)
     status = {int(c.data.tags["sweep.trial"]): c for c in children}
-    assert status[by_rank[0].number].info.status == "FAILED" and "error" in status[by_rank[0].number].data.tags
-    assert status[by_rank[4].number].info.status == "FINISHED" and parents[0].info.status == "FINISHED"
-    ran = status[by_rank[4].number].data
+    assert status[by_file[missing].number].info.status == "FAILED" and "error" in status[by_file[missing].number].data.tags
+    assert status[by_file[good].number].info.status == "FINISHED" and parents[0].info.status == "FINISHED"
+    ran = status[by_file[good].number].data
     assert ran.params["simulate.option_order"] == "averaged" and ran.params["finetune.option_order"] == "random"
     assert "finetuned/position/primacy/mean" in ran.metrics
 
@@ -162,6 +165,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["+sweep=lora", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
     (["+sweep=lora", "validation.n=0"], "score_on='validation': needs validation humans"),
     (["+sweep=lora", "simulate.option_order=choice(fixed,sideways)"], "simulate.option_order='sideways'"),
+    (["+sweep=lora", "finetune.lora.rank=choice(4,0)"], "finetune.lora.rank=0: expected an integer from 1"),
 ])
 def test_bad_sweep_input_is_one_message_and_writes_nothing(tmp_path, args, message):
     done = cli("-m", "+experiment=quickstart", "model=tiny_random", *args, cwd=tmp_path)

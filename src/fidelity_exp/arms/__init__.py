@@ -13,6 +13,7 @@ loaded model through `ArmContext.llm()` (arms/llm.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.registry import Registry
-from fidelity_exp.settings import typed
+from fidelity_exp.settings import Checked, typed
 
 if TYPE_CHECKING:
     from fidelity_exp.inference.regressions import TwinSets
@@ -60,9 +61,10 @@ class ArmContext:
         return self._llm
 
 
-class Arm:
-    """Base class of the arms. Subclasses are dataclasses (their fields are the options, typed),
-    registered with `@ARMS.register(name)`; `name` is set from the config node's key."""
+class Arm(Checked):
+    """Base class of the arms. Subclasses are dataclasses (their fields are the options, typed,
+    ranges declared with `settings.option`), registered with `@ARMS.register(name)`; `name` is set
+    from the config node's key."""
 
     uses_llm: ClassVar[bool] = False
     name: str = "arm"
@@ -109,8 +111,24 @@ def build_arm(name: str, node: Any) -> Arm:
 
 
 def build_arms(arms_cfg: Any) -> dict[str, Arm]:
-    """Every arm of the `arms` config node, in config order."""
+    """Every arm of the `arms` config node, in config order; its name prefixes its metric keys."""
+    names = [str(name) for name in (arms_cfg or {})]
+    check_arm_names(names, "arms")
     return {str(name): build_arm(str(name), node) for name, node in (arms_cfg or {}).items()}
+
+
+def check_arm_names(names: list[str], key: str) -> None:
+    """Arm names as metric keys need them: letters, digits, '_', '-', '.', not a word keys are made of."""
+    from fidelity_exp import metrics  # noqa: F401 - every key word registered
+    from fidelity_exp.inference import regressions  # noqa: F401
+    from fidelity_exp.metrics.registry import name_problems, prefix_words
+
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(key, name, "expected an arm name of letters, digits, '_', '-' or '.' (it prefixes "
+                              "the arm's metric keys)")
+    for name, problem in name_problems([(n, n) for n in names], "arms", prefix_words()):
+        raise ConfigError(key, name, problem)
 
 
 # The built-in arms register themselves (imported last: they use ARMS above).

@@ -30,34 +30,25 @@ from fidelity_exp.llm.finetune import option_order as finetune_order
 from fidelity_exp.llm.interview import Renderer, interview_orders, messages
 from fidelity_exp.llm.models import load_model
 from fidelity_exp.metrics.position import OrderScorings
-from fidelity_exp.settings import typed
+from fidelity_exp.settings import Checked, option, seed_option, typed
 from fidelity_exp.study.data import Study
 from fidelity_exp.study.split import Split
 from fidelity_exp.study.synthetic_file import PROB_SEP
 
 log = logging.getLogger(__name__)
-FINETUNE_METHODS = ("none", "lora", "registered")
 FOLD_SEED_STEP = 7919   # a fold's rectification twins get the stream seed + this x (k + 1): a prime, no overlap
 
 
 @dataclass
-class SimulateSettings:
+class SimulateSettings(Checked):
     """The `simulate` group (conf/simulate/default.yaml documents each key)."""
 
-    temperature: float = 1.0
+    temperature: float = option(1.0, ge=0, what="a temperature >= 0 (0: the most probable option)")
     show_persona: bool = True
-    batch_size: int = 16
-    seed: int = 0
-    option_order: str = "fixed"
+    batch_size: int = option(16, ge=1, what="a number of twins >= 1")
+    seed: int = seed_option()
+    option_order: str = option("fixed", one_of=ORDER_MODES)
     position_metrics: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.temperature < float("inf"):
-            raise ConfigError("temperature", self.temperature, "expected a temperature >= 0 (0: the most probable option)")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size", self.batch_size, "expected a number of twins >= 1")
-        if self.option_order not in ORDER_MODES:
-            raise ConfigError("option_order", self.option_order, f"expected one of {', '.join(ORDER_MODES)}")
 
     @classmethod
     def from_config(cls, node: Any) -> "SimulateSettings":

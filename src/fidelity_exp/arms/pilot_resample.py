@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
-from fidelity_exp.errors import ConfigError
+from fidelity_exp.settings import option
 from fidelity_exp.study.spec import StudySpec
 
 
@@ -75,11 +75,8 @@ def nearest_cells(spec: StudySpec, pilot: pd.DataFrame, twins: pd.DataFrame, bin
 @ARMS.register("pilot_resample")
 @dataclass
 class PilotResample(Arm):
-    numeric_bins: int = 5   # numeric persona columns coarsened into this many pilot-quantile bins
-
-    def __post_init__(self) -> None:
-        if isinstance(self.numeric_bins, bool) or self.numeric_bins < 1:
-            raise ConfigError("numeric_bins", self.numeric_bins, "expected a positive integer")
+    # numeric persona columns coarsened into this many pilot-quantile bins
+    numeric_bins: int = option(5, ge=1, le=1000, what="a positive integer (at most 1000)")
 
     def simulate(self, ctx: ArmContext) -> Twins:
         study, split = ctx.study, ctx.split

@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 
 from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
 from fidelity_exp.arms.pilot_resample import numeric
-from fidelity_exp.errors import ConfigError
+from fidelity_exp.settings import option
 from fidelity_exp.study.spec import StudySpec
 from fidelity_exp.study.synthetic_file import PROB_SEP
 
@@ -93,11 +93,7 @@ def predict_proba(W: np.ndarray, X: np.ndarray) -> np.ndarray:
 @dataclass
 class Tabular(Arm):
     condition_on_previous: bool = True   # each answer's logit also sees the twin's earlier answers
-    l2: float = 1.0                      # ridge penalty of the multinomial logits
-
-    def __post_init__(self) -> None:
-        if not self.l2 >= 0:
-            raise ConfigError("l2", self.l2, "expected a number >= 0 (0: no penalty)")
+    l2: float = option(1.0, ge=0, what="a finite number >= 0 (0: no penalty)")   # ridge penalty of the logits
 
     def simulate(self, ctx: ArmContext) -> Twins:
         study, split = ctx.study, ctx.split

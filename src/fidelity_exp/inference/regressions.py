@@ -20,6 +20,7 @@ sampled.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,17 +28,28 @@ import pandas as pd
 import patsy
 
 from fidelity_exp.inference.prediction_powered import GLMS, Estimate, classical, effective_n, ppi
-from fidelity_exp.metrics.registry import clean
+from fidelity_exp.metrics.regression import FitFailure, degenerate
+from fidelity_exp.metrics.registry import clean, register_words
+from fidelity_exp.settings import Checked, option
 from fidelity_exp.study.data import numeric_frame
 from fidelity_exp.study.spec import Regression, StudySpec
 from fidelity_exp.study.synthetic_file import PROB_SEP
 
 RECTIFIABLE = GLMS   # the regression kinds (a spec's `family`) rectified here
 PREDICTIONS = ("expected", "sampled")
+
+
+@dataclass
+class PPISettings(Checked):
+    """The `ppi` keys (conf/config.yaml): how twins' answers enter the rectified regressions."""
+
+    predictions: str = option("expected", one_of=PREDICTIONS)
 # The keys this module writes: `<estimator>/regression/<r>/...` and `truth/regression/<r>/<term>/coef`.
 ESTIMATORS = ("ppi", "pilot_only", "synthetic_only")
 TRUTH = "truth"
 PREFIXES = (*ESTIMATORS, TRUTH)
+register_words(*PREFIXES, prefix=True)
+register_words("width", "lambda", "effective_n", "median", "skipped")
 
 
 def rectified_key(estimator: str, regression: str, *parts: str) -> str:
@@ -117,38 +129,71 @@ def rectified_regressions(spec: StudySpec, everyone: pd.DataFrame, pilot: pd.Dat
             notes[rectified_key("ppi", r, "skipped")] = f"family {reg.family}: rectified estimates cover ols and logit"
             continue
         try:
-            y_all, X_all = patsy.dmatrices(reg.formula, human_all, NA_action="drop", eval_env=env,
-                                           return_type="dataframe")
+            with np.errstate(all="ignore"):
+                y_all, X_all = patsy.dmatrices(reg.formula, human_all, NA_action="drop", eval_env=env,
+                                               return_type="dataframe")
         except Exception as e:  # a formula these data cannot carry
             notes[rectified_key("ppi", r, "skipped")] = f"cannot build the design: {e}"
             continue
-        info = [y_all.design_info, X_all.design_info]
-        terms = list(X_all.columns)
-        truth = classical(reg.family, X_all.to_numpy(float), y_all.iloc[:, 0].to_numpy(float), alpha=alpha)
-        out.update({rectified_key(TRUTH, r, clean(t), "coef"): float(c) for t, c in zip(terms, truth.coef)})
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # numerical chatter: a failure is reported below, once
+                out.update(_rectified_one(spec, reg, r, y_all, X_all, pilot, rectify, twins, alpha, predictions))
+        except FitFailure as e:
+            notes[rectified_key("ppi", r, "skipped")] = str(e)
+    return out, notes
 
-        y_p, X_p = _matrices(info, numeric_frame(spec, pilot))
-        ok = _complete(y_p, X_p)
-        human = classical(reg.family, X_p[ok], y_p[ok], alpha=alpha)
-        _put(out, "pilot_only", r, terms, human)
 
-        y_l, X_l = _matrices(info, numeric_frame(spec, rectify.loc[twins.labelled.twin_of]))
-        y_h, X_h = _matrices(info, _numeric_twins(spec, twins.labelled, reg, predictions))
-        unl = [_matrices(info, _numeric_twins(spec, u, reg, predictions)) for u in twins.unlabelled]
-        y_u = np.concatenate([u[0] for u in unl])
-        X_u = np.concatenate([u[1] for u in unl])
-        groups = np.concatenate([np.arange(len(u[0])) for u in unl])
-        ok_l, ok_u = _complete(y_l, X_l, y_h, X_h), _complete(y_u, X_u)
-        synthetic = classical(reg.family, unl[0][1][_complete(*unl[0])], unl[0][0][_complete(*unl[0])], alpha=alpha)
-        _put(out, "synthetic_only", r, terms, synthetic)
+def _fitted(what: str, family: str, X: np.ndarray, y: np.ndarray, terms: list[str], alpha: float) -> Estimate:
+    """The classical fit on `what` (for messages), or `FitFailure` with the reason."""
+    reason = degenerate(X, y, terms)
+    if reason:
+        raise FitFailure(f"{what}: {reason}")
+    try:
+        return classical(family, X, y, alpha=alpha)
+    except (np.linalg.LinAlgError, ValueError) as e:
+        raise FitFailure(f"{what}: {e}") from None
+
+
+def _rectified_one(spec: StudySpec, reg, r: str, y_all, X_all, pilot, rectify, twins: TwinSets, alpha: float,
+                   predictions: str) -> dict[str, float]:
+    """One regression's truth, pilot-only, synthetic-only and PPI++ estimates (flat keys)."""
+    out: dict[str, float] = {}
+    info = [y_all.design_info, X_all.design_info]
+    terms = list(X_all.columns)
+    truth = _fitted("all humans", reg.family, X_all.to_numpy(float), y_all.iloc[:, 0].to_numpy(float), terms, alpha)
+    out.update({rectified_key(TRUTH, r, clean(t), "coef"): float(c) for t, c in zip(terms, truth.coef)})
+
+    y_p, X_p = _matrices(info, numeric_frame(spec, pilot))
+    ok = _complete(y_p, X_p)
+    human = _fitted("the pilot", reg.family, X_p[ok], y_p[ok], terms, alpha)
+    _put(out, "pilot_only", r, terms, human)
+
+    y_l, X_l = _matrices(info, numeric_frame(spec, rectify.loc[twins.labelled.twin_of]))
+    y_h, X_h = _matrices(info, _numeric_twins(spec, twins.labelled, reg, predictions))
+    unl = [_matrices(info, _numeric_twins(spec, u, reg, predictions)) for u in twins.unlabelled]
+    y_u = np.concatenate([u[0] for u in unl])
+    X_u = np.concatenate([u[1] for u in unl])
+    groups = np.concatenate([np.arange(len(u[0])) for u in unl])
+    ok_l, ok_u = _complete(y_l, X_l, y_h, X_h), _complete(y_u, X_u)
+    synthetic = _fitted("the twins", reg.family, unl[0][1][_complete(*unl[0])], unl[0][0][_complete(*unl[0])], terms,
+                        alpha)
+    reason = degenerate(X_l[ok_l], y_l[ok_l], terms)
+    if reason:
+        raise FitFailure(f"the rectification humans: {reason}")
+    _put(out, "synthetic_only", r, terms, synthetic)
+    try:
         est = ppi(reg.family, X_l[ok_l], y_l[ok_l], X_h[ok_l], y_h[ok_l], X_u[ok_u], y_u[ok_u], alpha=alpha,
                   groups=groups[ok_u] if len(unl) > 1 else None)
-        _put(out, "ppi", r, terms, est)
-        gain = effective_n(est, human)
-        out.update({rectified_key("ppi", r, clean(t), "effective_n"): float(g) for t, g in zip(terms, gain)})
-        out[rectified_key("ppi", r, "effective_n", "median")] = float(np.median(gain))
-        out[rectified_key("ppi", r, "lambda")] = est.lam
-        out[rectified_key("ppi", r, "n_rectify")] = float(est.n)
-        out[rectified_key("ppi", r, "n_unlabelled")] = float(len(np.unique(groups[ok_u])))
-        out[rectified_key("pilot_only", r, "n")] = float(human.n)
-    return out, notes
+    except (np.linalg.LinAlgError, ValueError) as e:
+        raise FitFailure(f"the rectified (PPI++) fit: {e}") from None
+    _put(out, "ppi", r, terms, est)
+    gain = effective_n(est, human)
+    out.update({rectified_key("ppi", r, clean(t), "effective_n"): float(g) for t, g in zip(terms, gain)})
+    out[rectified_key("ppi", r, "effective_n", "median")] = float(np.median(gain))
+    out[rectified_key("ppi", r, "lambda")] = est.lam
+    out[rectified_key("ppi", r, "n_rectify")] = float(est.n)
+    out[rectified_key("ppi", r, "n_unlabelled")] = float(len(np.unique(groups[ok_u])))
+    out[rectified_key("pilot_only", r, "n")] = float(human.n)
+    return out
+

@@ -23,13 +23,19 @@ def registered_name(study: str, model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study}-{model}-lora")
 
 
-def log_and_register(tracked: Any, peft_model: Any, name: str) -> str:
-    """Save the adapter (safetensors), log it as `adapter`, register a new version; return the version."""
-    from mlflow.exceptions import MlflowException
-
+def log_and_register(tracked: Any, peft_model: Any, name: str) -> None:
+    """Save the adapter (safetensors) and log it as `adapter` now; register it as a new version of
+    `name` when the run finishes (a run that ends FAILED registers nothing)."""
     with tempfile.TemporaryDirectory() as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
         tracked.log_dir(tmp, "adapter")
+    tracked.when_finished(lambda: register(tracked, name))
+
+
+def register(tracked: Any, name: str) -> str:
+    """Register the run's logged `adapter` as a new version of `name`; return the version."""
+    from mlflow.exceptions import MlflowException
+
     client = tracked.client
     try:
         client.create_registered_model(name, description="LoRA adapters fine-tuned by fidelity_exp on human pilots")

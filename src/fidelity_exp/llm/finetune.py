@@ -17,16 +17,63 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.llm.interview import Renderer, interview_orders
 from fidelity_exp.llm.models import LoadedModel
+from fidelity_exp.settings import Checked, option, seed_option, typed
 
 log = logging.getLogger(__name__)
 ORDERS = ("fixed", "random")   # finetune.option_order
+METHODS = ("none", "lora", "registered")
+# transformers' schedules that need no arguments beyond warmup (tests check they are its SchedulerType's)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
+@dataclass
+class LoraSettings(Checked):
+    """`finetune.lora`: the adapter's shape (peft's LoraConfig)."""
+
+    rank: int = option(8, ge=1, le=4096, what="an integer from 1 to 4096 (the adapter's rank r)")
+    alpha: float = option(16.0, gt=0, what="a positive number (LoRA's scaling alpha; alpha / rank scales the update)")
+    dropout: float = option(0.05, ge=0, lt=1, what="a probability in [0, 1)")
+    target_modules: List[str] = option(["q_proj", "v_proj"])
+
+    def check(self) -> None:
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise ConfigError("target_modules", self.target_modules, "expected a non-empty list of module names, "
+                              "e.g. [q_proj, v_proj]")
+
+
+@dataclass
+class FinetuneSettings(Checked):
+    """The `finetune` group (conf/finetune/*.yaml); `lora` is checked as `LoraSettings`, `uri` is
+    required by `method: registered`."""
+
+    method: str = option("lora", one_of=METHODS)
+    uri: Optional[str] = None
+    lora: Optional[Dict[str, Any]] = None
+    learning_rate: float = option(1e-3, gt=0, le=1, what="a learning rate in (0, 1]")
+    epochs: int = option(2, ge=1, le=1000, what="an integer from 1 to 1000")
+    max_steps: Optional[int] = option(None, ge=1, nullable=True, what="a positive number of steps, or null "
+                                      "(epochs decide)")
+    batch_size: int = option(8, ge=1, what="an integer >= 1")
+    scheduler: str = option("linear", one_of=SCHEDULERS)
+    warmup_steps: int = option(0, ge=0, what="an integer >= 0")
+    group_by_length: bool = True
+    option_order: str = option("fixed", one_of=ORDERS)
+    seed: int = seed_option()
+
+    def check(self) -> None:
+        if self.method == "registered" and not self.uri:
+            raise ConfigError("uri", self.uri, "expected models:/<name>/<version>, runs:/<run id>/adapter or a local "
+                              "adapter folder (finetune=registered)")
+        if self.method == "lora":
+            self.lora = typed(LoraSettings, self.lora, "lora", "finetune.lora")
 
 
 @dataclass

@@ -17,16 +17,87 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
 from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.llm.assets import check_gguf, packaged_file
+from fidelity_exp.settings import Checked, option, seed_option, typed
 
 log = logging.getLogger(__name__)
 SOURCES = ("gguf_package", "hub", "random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
+NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+
+
+@dataclass
+class TokenizerSettings(Checked):
+    """`model.tokenizer` (for `source: random`): whose tokenizer and chat template to borrow."""
+
+    source: str = option("gguf_package", one_of=("gguf_package", "hub"))
+    package: Optional[str] = None
+    file: Optional[str] = None
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+
+    def check(self) -> None:
+        _needs(self, {"gguf_package": ("package", "file"), "hub": ("name_or_path",)})
+
+
+@dataclass
+class ModelSettings(Checked):
+    """The `model` group (conf/model/*.yaml): which keys a source needs is checked in `check`."""
+
+    name: str = option("model", pattern=NAME, what="a short name (letters, digits, '_', '-', '.'; it names "
+                       "registered adapters)")
+    source: str = option("gguf_package", one_of=SOURCES)
+    name_or_path: Optional[str] = None     # hub
+    revision: Optional[str] = None         # hub
+    package: Optional[str] = None          # gguf_package
+    file: Optional[str] = None             # gguf_package
+    seed: int = seed_option()              # random: the weights' seed
+    architecture: Optional[Dict[str, Any]] = None   # random: LlamaConfig keys
+    tokenizer: Optional[Dict[str, Any]] = None      # random: TokenizerSettings
+    dtype: str = option("auto", one_of=("auto", *DTYPES))
+    device: str = option("auto", pattern=DEVICE, what="auto, cpu, cuda, cuda:N or mps")
+    trust_remote_code: bool = False
+
+    def check(self) -> None:
+        _needs(self, {"gguf_package": ("package", "file"), "hub": ("name_or_path",),
+                      "random": ("architecture", "tokenizer")})
+        if self.source == "random":
+            typed(TokenizerSettings, self.tokenizer, "tokenizer", "the model's tokenizer")
+            _check_architecture(self.architecture)
+
+
+def _needs(settings: Any, required: Mapping[str, tuple[str, ...]]) -> None:
+    for key in required.get(settings.source, ()):
+        if getattr(settings, key) in (None, ""):
+            raise ConfigError(key, None, f"is required with source: {settings.source}")
+
+
+SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+         "max_position_embeddings", "head_dim")
+
+
+def _check_architecture(arch: Mapping[str, Any]) -> None:
+    """The sizes of a random model's architecture: positive integers whose heads divide evenly."""
+    for key in SIZES:
+        value = arch.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"architecture.{key}", value, "expected a positive integer")
+    heads, kv = arch.get("num_attention_heads"), arch.get("num_key_value_heads")
+    if heads and arch.get("hidden_size") and "head_dim" not in arch and arch["hidden_size"] % heads:
+        raise ConfigError("architecture.num_attention_heads", heads,
+                          f"expected a divisor of architecture.hidden_size ({arch['hidden_size']})")
+    if heads and kv and heads % kv:
+        raise ConfigError("architecture.num_key_value_heads", kv,
+                          f"expected a divisor of architecture.num_attention_heads ({heads})")
 
 
 @dataclass

@@ -152,6 +152,63 @@ def clean(name: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
 
 
+NAME_LIMIT = 64   # characters of a name in a key: with it, every key stays within MLflow's 250
+_WORDS: set[str] = set()   # key words of modules outside the families (register_words)
+_PREFIXES: set[str] = set()   # first segments of keys that are not an arm's (register_words(prefix=True))
+
+
+def register_words(*words: str, prefix: bool = False) -> None:
+    """Words a module builds keys from besides the families' (e.g. the rectified estimators');
+    `prefix`: they begin keys, where an arm's name would."""
+    _WORDS.update(w.lower() for w in words)
+    if prefix:
+        _PREFIXES.update(w.lower() for w in words)
+
+
+def prefix_words() -> set[str]:
+    """The first segments of the keys that are not an arm's: an arm cannot be named like one."""
+    return {REFERENCE.split("/")[0], COMPARE} | _PREFIXES
+
+
+def reserved_words() -> set[str]:
+    """The words metric keys are built from (every fixed segment of every declared key and of the
+    conventions around them): a question, level, term, regression or arm named like one of them
+    would make keys that read as something else (a question `mean` is `divergence/js/mean`)."""
+    patterns = [k.pattern for f in FAMILIES.values() for k in f.keys] + [k.pattern for k in DERIVED]
+    words = {seg for p in patterns for seg in p.split("/") if "*" not in seg}
+    words |= {*REFERENCE.split("/"), *INTERVAL, "perm", *PERM, TESTS, COMPARE, *COMPARISON, "better_share"}
+    return {w.lower() for w in words} | _WORDS
+
+
+def name_problems(names: Iterable[tuple[str, object]], what: str, reserved: set[str] | None = None
+                  ) -> list[tuple[str, str]]:
+    """(where, problem) for every name of one kind (`what`: questions, levels of a subgroup, ...)
+    that would not give distinct, valid metric keys: too long, a reserved word, `..`, or the same
+    as another name once written in a key (`clean`, case ignored: some stores ignore case)."""
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, tuple[str, object]] = {}
+    reserved = reserved_words() if reserved is None else reserved
+    for where, name in names:
+        key = clean(name)
+        if PAIR_SEP in key:
+            problems.append((where, f"{name!r} contains {PAIR_SEP!r}, which separates the arms of a comparison"))
+            continue
+        if len(key) > NAME_LIMIT:
+            problems.append((where, f"{name!r} is {len(key)} characters; metric keys hold names of at most "
+                                    f"{NAME_LIMIT}"))
+        elif key.lower() in reserved:
+            problems.append((where, f"{name!r} is a word the metric keys are made of (it would read as another "
+                                    "key); rename it"))
+        elif ".." in key or key.strip(".") == "":
+            problems.append((where, f"{name!r} cannot be part of a metric key ('..' or dots only)"))
+        elif key.lower() in seen and seen[key.lower()][1] != name:
+            first_where, first = seen[key.lower()]
+            problems.append((where, f"{name!r} and {first!r} ({first_where}) are both written {key!r} in metric "
+                                    f"keys, so their {what} would merge; rename one"))
+        seen.setdefault(key.lower(), (where, name))
+    return problems
+
+
 def arm_key(arm: str, key: str) -> str:
     return f"{arm}/{key}"
 

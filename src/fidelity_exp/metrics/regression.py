@@ -57,8 +57,9 @@ def design(enc: Encoded, reg: Regression) -> Design:
     try:
         # A clean namespace (numpy as np, plus patsy's own C, Q, I, ...): names in our code can
         # never shadow what a formula means.
-        y, X = patsy.dmatrices(reg.formula, frame, return_type="dataframe", NA_action="drop",
-                               eval_env=patsy.EvalEnvironment([{"np": np}]))
+        with np.errstate(all="ignore"):   # np.log(0) in a formula: reported as non-finite values by `fit`
+            y, X = patsy.dmatrices(reg.formula, frame, return_type="dataframe", NA_action="drop",
+                                   eval_env=patsy.EvalEnvironment([{"np": np}]))
     except Exception as e:  # a formula that does not fit this data (e.g. one level of a factor)
         raise FitFailure(f"cannot build the design: {e}") from None
     row_of = np.full(len(frame), -1, dtype=np.int64)
@@ -72,14 +73,31 @@ def _outcome(reg: Regression) -> str:
     return reg.variables[0]
 
 
+def degenerate(X: np.ndarray, y: np.ndarray, terms: list[str]) -> str | None:
+    """Why a design cannot be fitted, in words a user can act on, or None: no rows, non-finite
+    values (say `np.log(0)`), a constant outcome, a constant term, collinear terms."""
+    if len(y) == 0:
+        return "no complete rows"
+    bad = [t for t, col in zip(terms, X.T) if not np.all(np.isfinite(col))]
+    if bad or not np.all(np.isfinite(y)):
+        return f"non-finite values (inf or nan) in {', '.join(bad) if bad else 'the outcome'}"
+    if len(np.unique(y)) < 2:
+        return "the outcome is constant"
+    constant = [t for t, col in zip(terms, X.T) if t != "Intercept" and np.ptp(col) == 0]
+    if constant and ("Intercept" in terms or len(constant) > 1):   # without an intercept one may stand for it
+        return f"term {', '.join(constant)} is constant among these respondents"
+    rank = np.linalg.matrix_rank(X)
+    if rank < X.shape[1]:
+        return f"singular design: {X.shape[1]} terms but rank {rank} (collinear terms)"
+    return None
+
+
 def fit(reg: Regression, d: Design, rows: np.ndarray, alpha: float) -> Fit:
     """Fit `reg` on the design rows `rows`; `FitFailure` says why a fit is not usable."""
     y, X = d.y[rows], d.X[rows]
-    if len(np.unique(y)) < 2:
-        raise FitFailure("the outcome is constant")
-    if np.linalg.matrix_rank(X) < X.shape[1]:
-        raise FitFailure(f"singular design: {X.shape[1]} terms but rank {np.linalg.matrix_rank(X)} "
-                         "(a constant or collinear term)")
+    reason = degenerate(X, y, d.terms)
+    if reason:
+        raise FitFailure(reason)
     kwargs = {} if reg.family == "ols" else {"disp": 0}
     if reg.cov_type:
         kwargs["cov_type"] = reg.cov_type

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fidelity_exp.errors import ConfigError
+from fidelity_exp.settings import Checked, option, seed_option, typed
 from fidelity_exp.metrics import registry, swap
 from fidelity_exp.metrics.encoded import Encoded, encode
 from fidelity_exp.metrics.intervals import METHODS, interval
@@ -31,48 +32,47 @@ SWAP_STREAM, COMPARE_STREAM = 2, 3   # seed offsets: the reference uses [seed, 1
 
 
 @dataclass
-class Options:
-    """The metric options (`conf/metrics/default.yaml` documents each); None for `families` and
-    `score_components` means every registered family and the declared default components;
-    `compare` lists (A, B) pairs of arms (None: none here; a run fills in METRICS.md's default)."""
+class Options(Checked):
+    """The metric options, also the `metrics` config group (`conf/metrics/default.yaml` documents
+    each); None for `families` and `score_components` means every registered family and the
+    declared default components; `compare` lists (A, B) pairs of arms (None: none here; a run fills
+    in METRICS.md's default)."""
 
     families: tuple[str, ...] | None = None
-    min_group_size: int = 10
-    alpha: float = 0.05
-    bootstrap: int = 200
-    reference_splits: int = 20
-    seed: int = 0
+    min_group_size: int = option(10, ge=1, what="a number of humans >= 1 (a subgroup level needs that many)")
+    alpha: float = option(0.05, gt=0, lt=1, what="a significance level in (0, 1), e.g. 0.05")
+    bootstrap: int = option(200, ge=0, what="an integer >= 0 (0: none)")
+    reference_splits: int = option(20, ge=0, what="an integer >= 0 (0: none)")
+    seed: int = seed_option()
     score_components: tuple[str, ...] | None = None
     interval: str = "bias_aware"
-    permutations: int = 200
-    fdr: float = 0.05
-    compare: tuple[tuple[str, str], ...] | None = None
+    permutations: int = option(200, ge=0, what="an integer >= 0 (0: none)")
+    fdr: float = option(0.05, gt=0, lt=1, what="a false discovery rate in (0, 1), e.g. 0.05")
+    compare: Any = None              # pairs [A, B] or 'A__vs__B': a tuple of (A, B) once checked
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        for name in ("families", "score_components"):
+            if getattr(self, name) is not None and len(getattr(self, name)) == 0:
+                raise ConfigError(f"metrics.{name}", [], "expected at least one name, or null for "
+                                  + ("every registered family" if name == "families" else "the default components"))
         self.families = tuple(registry.FAMILIES.check(list(registry.FAMILIES) if self.families is None
-                                                      else self.families))
-        self.score_components = tuple(check_components(self.score_components))
+                                                      else list(self.families)))
+        self.score_components = tuple(check_components(None if self.score_components is None
+                                                       else list(self.score_components)))
         METHODS[self.interval]
-        for name in ("bootstrap", "reference_splits", "permutations"):
+        for name in ("bootstrap", "reference_splits", "permutations", "min_group_size", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ConfigError(f"metrics.{name}", value, "expected an integer >= 0 (0: none)")
-        if not 0 < self.fdr < 1:
-            raise ConfigError("metrics.fdr", self.fdr, "expected a false discovery rate in (0, 1), e.g. 0.05")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"metrics.{name}", value, "expected an integer")
         if self.compare is not None:
+            if isinstance(self.compare, str) or not isinstance(self.compare, (list, tuple)):
+                raise ConfigError("metrics.compare", self.compare, "expected a list of pairs of arms, e.g. "
+                                  "[[finetuned, base]] or [finetuned__vs__base]")
             self.compare = tuple(_pair(p) for p in self.compare)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Options":
-        def listed(name):
-            value = cfg.get(name)
-            return None if value is None else tuple(value)
-
-        return cls(families=listed("families"), min_group_size=int(cfg.min_group_size), alpha=float(cfg.alpha),
-                   bootstrap=int(cfg.bootstrap), reference_splits=int(cfg.reference_splits), seed=int(cfg.seed),
-                   score_components=listed("score_components"), interval=str(cfg.get("interval", cls.interval)),
-                   permutations=int(cfg.get("permutations", cls.permutations)), fdr=float(cfg.get("fdr", cls.fdr)),
-                   compare=listed("compare"))
+        return typed(cls, cfg, "metrics")
 
     def check_compare(self, arms) -> None:
         """Every compared arm is one of `arms` (before anything is computed or logged)."""
@@ -91,6 +91,8 @@ def _pair(p: Any) -> tuple[str, str]:
         a, b = p
     else:
         raise ConfigError("metrics.compare", p, "expected pairs of arms, [A, B] or 'A__vs__B'")
+    if not all(isinstance(x, str) and x for x in (a, b)):
+        raise ConfigError("metrics.compare", p, "expected pairs of arm names, [A, B] or 'A__vs__B'")
     if a == b:
         raise ConfigError("metrics.compare", p, "expected two different arms")
     return str(a), str(b)

@@ -48,7 +48,7 @@ def load_study(spec: StudySpec | None, spec_problems: Iterable[Problem] = (), or
     if spec is None:
         raise SpecError(origin, problems)
     try:
-        raw = read_source(spec.source)
+        raw = read_source(spec.source, (spec.id,) if spec.id else ())
     except SourceError as e:
         raise SpecError(origin, problems + [Problem("source", str(e).removeprefix("source: ").removeprefix("source."))]) from None
     try:
@@ -89,9 +89,9 @@ def canonical_frame(spec: StudySpec, raw: pd.DataFrame, *, origin: str, data_nam
         s = raw[p.column].reset_index(drop=True)
         if p.type == "numeric":
             num = pd.to_numeric(s, errors="coerce")
-            bad = s[num.isna() & s.notna()]
+            bad = s[(num.isna() & s.notna()) | np.isinf(num)]
             if len(bad):
-                problems.append(Problem(f"persona[{i}]", f"column {p.column!r} is declared numeric but holds "
+                problems.append(Problem(f"persona[{i}]", f"column {p.column!r} is declared numeric (finite numbers) but holds "
                                         f"{_list_bad(bad, index)} in {data_name}"))
             out[p.column] = num.to_numpy(dtype=float)
         else:
@@ -100,6 +100,9 @@ def canonical_frame(spec: StudySpec, raw: pd.DataFrame, *, origin: str, data_nam
             # stored numbers stay numbers (also when a file or an arm hands them over as objects)
             num = pd.to_numeric(s.astype(object), errors="coerce")
             all_numbers = num.notna().sum() == s.notna().sum() and not pd.api.types.is_bool_dtype(s)
+            if all_numbers and np.isinf(num).any():
+                problems.append(Problem(f"persona[{i}]", f"column {p.column!r} holds "
+                                        f"{_list_bad(s[np.isinf(num)], index)}: expected finite numbers in {data_name}"))
             out[p.column] = num.to_numpy(dtype=float) if all_numbers else s.to_numpy()
     for key, items in (("conditions", spec.conditions), ("questions", spec.questions)):
         for i, item in enumerate(items):
@@ -138,7 +141,19 @@ def _ids(spec: StudySpec, raw: pd.DataFrame, data_name: str, problems: list[Prob
         values = [plain(v) for v in pd.unique(dup)][:MAX_LISTED]
         problems.append(Problem("id", f"column {spec.id!r} must be unique, but {len(pd.unique(dup))} ids repeat "
                                 f"(for example {values!r}) in {data_name}"))
-    return pd.Index(ids.to_numpy(), name="id")
+    return pd.Index(id_text(ids), name="id", dtype=object)
+
+
+def id_text(ids: pd.Series) -> np.ndarray:
+    """Ids as text, as the spec says (`007` and `7` are two respondents): numbers a format stored
+    as numbers are written without a decimal point when whole (7.0 -> '7')."""
+    def text(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return v
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return str(v)
+        return str(int(v)) if float(v).is_integer() else str(v)
+    return np.array([text(v) for v in ids.to_numpy(dtype=object)], dtype=object)
 
 
 def _code_kind(codes: list[Code]) -> str:

@@ -18,7 +18,64 @@ from fidelity_exp.errors import Problem, SpecError
 from fidelity_exp.study.spec import check_spec, parse_spec
 
 
-class _SpecLoader(yaml.SafeLoader):
+MAX_NODES = 100_000   # values in a YAML document once its aliases are expanded (real configs: a few thousand)
+
+
+class AliasBomb(yaml.YAMLError):
+    """A YAML document whose aliases expand beyond `MAX_NODES` values."""
+
+
+class Bounded:
+    """A loader mixin that refuses, before building anything, a document whose aliases expand
+    beyond `MAX_NODES` values (a 1 KB file of nested anchors can expand to billions)."""
+
+    def construct_document(self, node):
+        _expanded_size(node)
+        return super().construct_document(node)
+
+
+def _expanded_size(root) -> int:
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise AliasBomb(f"{node.start_mark}: a recursive alias; YAML configs here must be trees")
+        open_.add(key)
+        children = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_NODES:
+                raise AliasBomb(f"{root.start_mark}: its aliases (*name) expand to more than {MAX_NODES:,} values; "
+                                "refused (a config this large is almost certainly an alias bomb)")
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def bound_omegaconf_yaml() -> None:
+    """Every YAML file Hydra reads (through OmegaConf's loader) gets the same bound."""
+    from omegaconf import _utils
+
+    if getattr(_utils.get_yaml_loader, "bounded", False):
+        return
+    unbounded = _utils.get_yaml_loader
+
+    def get_yaml_loader():
+        return type("BoundedOmegaConfLoader", (Bounded, unbounded()), {})
+
+    get_yaml_loader.bounded = True
+    _utils.get_yaml_loader = get_yaml_loader
+
+
+class _SpecLoader(Bounded, yaml.SafeLoader):
     """A safe loader whose only booleans are true/false (YAML 1.2), not yes/no/on/off."""
 
 

@@ -18,11 +18,13 @@ class SourceError(UserError):
     pass
 
 
-def read_source(source: Mapping[str, Any]) -> pd.DataFrame:
+def read_source(source: Mapping[str, Any], text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The raw frame; `text_columns` (ids) are read as text where the format stores text (CSV),
+    so `007` stays `007`."""
     kind = source.get("kind")
     if kind not in READERS:
         raise SourceError(f"source.kind: expected one of {', '.join(READERS)}, found {kind!r}")
-    frame = READERS[kind](source)
+    frame = READERS[kind]({**source, "_text": tuple(text_columns)})
     if frame.shape[0] == 0:
         raise SourceError(f"source: {describe(source)} holds no rows")
     return frame
@@ -56,14 +58,38 @@ def _existing_file(source: Mapping[str, Any]):
 
 def _read_csv(source: Mapping[str, Any]) -> pd.DataFrame:
     path = _existing_file(source)
-    encoding = source.get("encoding", "utf-8")
+    encoding, sep = source.get("encoding", "utf-8"), source.get("sep", ",")
     try:
-        return pd.read_csv(path, sep=source.get("sep", ","), encoding=encoding)
+        header = _check_shape(path, sep, encoding)
+        text = {c: str for c in source.get("_text", ()) if c in header}
+        return pd.read_csv(path, sep=sep, encoding=encoding, dtype=text or None, index_col=False)
     except UnicodeDecodeError as e:
         raise SourceError(f"source.path: {str(path)!r} is not valid {encoding} text ({e.reason} at byte "
                           f"{e.start}); set source.encoding (for example latin-1)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise SourceError(f"source.path: {str(path)!r} cannot be read as CSV: {e}") from None
+
+
+def _check_shape(path, sep: str, encoding: str) -> list[str]:
+    """The header's names; a `SourceError` naming the line when a row has more or fewer fields
+    than the header (pandas would shift every column by one for a trailing delimiter) or when two
+    columns share a name (pandas would rename one silently)."""
+    import csv
+
+    with open(path, newline="", encoding=encoding) as f:
+        rows = csv.reader(f, delimiter=sep)
+        header = next(rows, [])
+        dup = sorted({c for c in header if header.count(c) > 1})
+        if dup:
+            raise SourceError(f"source.path: {str(path)!r} has duplicate column names {dup!r} in its header; "
+                              "every column needs its own name")
+        for row in rows:
+            if row and len(row) != len(header) and any(field.strip() for field in row):
+                hint = (" (each data row ends with the delimiter but the header does not?)"
+                        if len(row) == len(header) + 1 and not row[-1].strip() else "")
+                raise SourceError(f"source.path: {str(path)!r} line {rows.line_num} has {len(row)} fields but the "
+                                  f"header has {len(header)}{hint}")
+    return header
 
 
 def _read_parquet(source: Mapping[str, Any]) -> pd.DataFrame:

@@ -324,6 +324,7 @@ def check_spec(raw: Mapping, origin: str = "<spec>") -> tuple[StudySpec | None, 
     coherence = tuple(_parse_list(ck, raw, "coherence", lambda c, m, w: _parse_pair(c, m, w, qmap, broken_questions),
                                   required=False))
     regressions = tuple(_parse_regressions(ck, raw.get("regressions"), known))
+    _check_key_names(ck, persona, conditions, questions, subgroups, coherence, regressions)
 
     usable = name is not None and source.get("kind") in SOURCE_KEYS and persona and questions and not any(
         p.key.startswith(("source", "id", "persona", "conditions", "questions")) for p in ck.problems)
@@ -428,6 +429,31 @@ def _check_columns_once(ck: _Checker, persona, conditions, questions) -> None:
                 ck.add(f"{kind}[{i}].column", msg)
             else:
                 seen[col] = kind
+
+
+def _check_key_names(ck: _Checker, persona, conditions, questions, subgroups, coherence, regressions) -> None:
+    """Every name that becomes part of a metric key, checked where it is born: distinct once
+    written in a key, not a word keys are made of, within MLflow's limits (registry.name_problems)."""
+    from fidelity_exp import metrics   # noqa: F401 - every family registered: their key words are reserved
+    from fidelity_exp.inference import regressions as _rectified  # noqa: F401 - and the rectified estimates' words
+    from fidelity_exp.metrics.registry import name_problems
+
+    columns = [(f"{kind}[{i}].column", item.column) for kind, items in
+               (("persona", persona), ("conditions", conditions), ("questions", questions))
+               for i, item in enumerate(items)]
+    kinds = [(columns, "columns' metrics"), ([(f"subgroups.{sg.name}", sg.name) for sg in subgroups], "subgroups"),
+             ([(f"regressions.{r.name}", r.name) for r in regressions], "regressions")]
+    kinds += [([(f"subgroups.{sg.name}.groups.{level}", level) for level in sg.levels], "levels")
+              for sg in subgroups if sg.groups is not None]
+    for names, what in kinds:
+        for where, problem in name_problems(names, what):
+            ck.add(where, problem)
+    pairs: dict[str, int] = {}
+    for i, pair in enumerate(coherence):
+        if pair.key in pairs:
+            ck.add(f"coherence[{i}]", f"the pair {pair.belief} -> {pair.action} is already coherence[{pairs[pair.key]}]; "
+                                      "each pair once (its metrics would merge)")
+        pairs.setdefault(pair.key, i)
 
 
 def _parse_subgroups(ck: _Checker, v, known: set[str]):

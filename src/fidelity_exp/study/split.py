@@ -13,12 +13,13 @@ downstream (honest metrics, no leakage) rests on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import pandas as pd
 
 from fidelity_exp.errors import ConfigError
+from fidelity_exp.settings import SEED_MAX, Checked, option, seed_option, typed
 from fidelity_exp.study.data import Study, subgroup_levels
 
 METHODS = ("random", "stratified")
@@ -99,6 +100,41 @@ class Split:
         return Split(pilot=self.pilot, evaluation=self.evaluation, validation=self.validation, folds=folds)
 
 
+@dataclass
+class PilotSettings(Checked):
+    """The `pilot` group (conf/pilot/*.yaml). `n`'s upper bound depends on the study: `draw_split`
+    checks it against the respondents there are."""
+
+    method: str = option("random", one_of=METHODS)
+    n: int = 100
+    seed: int = seed_option()
+    by: Optional[str] = None
+    finetune_fraction: float = option(1.0, gt=0, le=1, what="a share of the pilot in (0, 1] (1: all of it "
+                                      "fine-tunes)")
+    crossfit_folds: int = option(1, ge=1, what="an integer >= 1 (1: no cross-fitting)")
+
+    def check(self) -> None:
+        if self.method == "random" and self.by is not None:
+            raise ConfigError("by", self.by, "is read by pilot=stratified only; choose pilot=stratified, or leave "
+                              "pilot.by null for a simple random pilot")
+
+
+@dataclass
+class EvalSettings(Checked):
+    """`eval`: how many evaluation humans (null: everyone not in the pilot), drawn with which seed."""
+
+    n: Optional[int] = option(None, ge=1, nullable=True,
+                              what="a positive integer, or null for all non-pilot respondents")
+    seed: Optional[int] = option(None, ge=0, le=SEED_MAX, nullable=True, what=f"a seed from 0 to {SEED_MAX}")
+
+
+@dataclass
+class ValidationSettings(Checked):
+    """`validation`: humans held out from the pilot side for tuning."""
+
+    n: int = option(0, ge=0, what="0 (no validation humans) or a positive integer")
+
+
 @dataclass(frozen=True)
 class SplitSettings:
     """Who is who, as the config says it: the `pilot` group, `eval`, `validation` and `score_on`.
@@ -119,11 +155,12 @@ class SplitSettings:
 
     @classmethod
     def from_config(cls, pilot: Any, eval_: Any, validation: Any, score_on: Any) -> "SplitSettings":
-        eval_ = eval_ or {}
-        return cls(method=pilot.method, n=pilot.n, seed=pilot.seed, by=pilot.get("by"), eval_n=eval_.get("n"),
-                   eval_seed=eval_.get("seed"), validation_n=(validation or {}).get("n") or 0,
-                   finetune_fraction=pilot.get("finetune_fraction", 1.0),
-                   crossfit_folds=pilot.get("crossfit_folds", 1), score_on=str(score_on or "evaluation"))
+        p = typed(PilotSettings, pilot, "pilot")
+        e = typed(EvalSettings, eval_, "eval")
+        v = typed(ValidationSettings, validation, "validation")
+        return cls(method=p.method, n=p.n, seed=p.seed, by=p.by, eval_n=e.n, eval_seed=e.seed, validation_n=v.n,
+                   finetune_fraction=p.finetune_fraction, crossfit_folds=p.crossfit_folds,
+                   score_on=str(score_on or "evaluation"))
 
     @property
     def rectified(self) -> bool:

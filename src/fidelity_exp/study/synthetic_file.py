@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fidelity_exp.errors import Problem, SpecError
-from fidelity_exp.study.data import canonical_frame, plain
+from fidelity_exp.study.data import canonical_frame, id_text, plain
 from fidelity_exp.study.sources import SourceError, read_source
 from fidelity_exp.study.spec import StudySpec
 
@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 PROB_SEP = "__p__"
 
 
-def read_table(path: str, what: str) -> pd.DataFrame:
-    """A CSV or parquet file (by extension), with the usual clear errors."""
+def read_table(path: str, what: str, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or parquet file (by extension), with the usual clear errors; ids (`text_columns`) as text."""
     kind = "parquet" if str(path).lower().endswith((".parquet", ".pq")) else "csv"
     try:
-        return read_source({"kind": kind, "path": path})
+        return read_source({"kind": kind, "path": path}, text_columns)
     except SourceError as e:
         raise SourceError(f"{what}: {str(e).removeprefix('source.path: ').removeprefix('source: ')}") from None
 
@@ -53,8 +53,8 @@ def check_synthetic(spec: StudySpec, raw: pd.DataFrame, *, name: str, human_ids:
                                              f"in row {int(bad.index[0])}"))
     if human_ids is not None and "twin_of" in raw.columns:
         twin_of = raw["twin_of"]
-        if pd.api.types.is_numeric_dtype(twin_of) and not pd.api.types.is_numeric_dtype(human_ids):
-            twin_of = twin_of.astype(str)
+        if not pd.api.types.is_numeric_dtype(human_ids):
+            twin_of = pd.Series(id_text(twin_of), index=twin_of.index)
         elif not pd.api.types.is_numeric_dtype(twin_of) and pd.api.types.is_numeric_dtype(human_ids):
             twin_of = pd.to_numeric(twin_of, errors="coerce")
         unknown = twin_of[~twin_of.isin(human_ids)]
@@ -73,6 +73,10 @@ def check_synthetic(spec: StudySpec, raw: pd.DataFrame, *, name: str, human_ids:
     except SpecError as e:
         problems += e.problems
         frame = None
+    for i, q in enumerate(spec.questions):
+        if frame is not None and frame[q.column].isna().all():
+            problems.append(Problem(f"questions[{i}]", f"column {q.column!r} has no answers at all: there is nothing "
+                                    "to score for this question"))
     if problems:
         raise SpecError(name, problems, what="the synthetic data (expected: SURVEY_SPEC.md's file format)")
     for col in prob_cols:

@@ -22,17 +22,88 @@ import time
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from fidelity_exp.paths import resolve
+from fidelity_exp.errors import ConfigError, UserError
+from fidelity_exp.paths import resolve, writable_folder
+from fidelity_exp.settings import Checked, option
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000   # MLflow 3's limit on a param value
 BATCH = 100               # MLflow's limit on params per log_batch call
 SPEC_PARAM_KEYS = ("name", "version", "source", "id")  # the rest of the spec goes in as an artifact
+
+
+SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+KEY = r"(?!.*\.\.)(?!/)[\w .\-/]{1,250}"    # MLflow's rule for param, metric and tag keys
+MAX_NAME = 250                              # run names and tag keys
+MAX_TAG_VALUE = 8000
+
+
+@dataclass
+class TrackingSettings(Checked):
+    """The `tracking` group (conf/tracking/mlflow.yaml)."""
+
+    enabled: bool = True
+    uri: Optional[str] = None
+    artifact_root: Optional[str] = None
+    experiment: str = option("default", pattern=r"[^\x00]{1,500}", what="an experiment name of 1 to 500 "
+                             "characters")
+    run_name: Optional[str] = option(None, pattern=rf"[^\x00]{{1,{MAX_NAME}}}", nullable=True,
+                                     what=f"a run name of 1 to {MAX_NAME} characters, or null")
+    tags: Dict[str, str] = option({})
+    run_id: Optional[str] = option(None, pattern=r"[0-9a-f]{32}", nullable=True,
+                                   what="an MLflow run id (32 hex digits), or null")
+
+    def check(self) -> None:
+        if self.uri is not None:
+            check_uri(self.uri, "uri")
+        for k, v in self.tags.items():
+            if not re.fullmatch(KEY, str(k)):
+                raise ConfigError(f"tags.{k}", v, "expected a tag name of 1 to 250 letters, digits, spaces or _ - . / "
+                                  "(no '..', not starting with '/')")
+            if len(str(v)) > MAX_TAG_VALUE:
+                raise ConfigError(f"tags.{k}", str(v)[:40] + "...", f"expected at most {MAX_TAG_VALUE} characters")
+
+
+def check_uri(uri: str, key: str, origin: str = "config") -> None:
+    """A tracking URI MLflow can open: a known scheme, and for a local store a folder this
+    process can write to (checked before a run exists)."""
+    scheme = urllib.parse.urlparse(uri).scheme.split("+")[0] if "://" in uri else ""
+    if "://" in uri and scheme not in SCHEMES:
+        raise ConfigError(key, uri, f"expected a tracking URI with one of the schemes {', '.join(SCHEMES)} "
+                          "(e.g. sqlite:///mlruns/mlflow.db, http://host:5000), or a local folder", origin=origin)
+    if scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///")
+        if not path or path.startswith(":memory:"):
+            raise ConfigError(key, uri, "expected a sqlite file (sqlite:///path/to/mlflow.db)", origin=origin)
+        _writable(Path(path).parent, key, uri, origin)
+    elif scheme in ("", "file"):
+        _writable(urllib.parse.urlparse(uri).path if scheme else uri, key, uri, origin)
+
+
+def _writable(folder, key: str, uri: str, origin: str) -> None:
+    try:
+        writable_folder(folder, key)
+    except ConfigError as e:
+        raise ConfigError(key, uri, e.expected, origin=origin) from None
+
+
+def check_store(cfg: DictConfig) -> str:
+    """The run's tracking URI, checked before the run starts (the environment's
+    MLFLOW_TRACKING_URI too), with the local artifact folder."""
+    uri = tracking_uri(cfg)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        check_uri(uri, "MLFLOW_TRACKING_URI", origin="environment")
+    else:
+        check_uri(uri, "tracking.uri" if cfg.tracking.get("uri") else "paths.mlruns")
+    if _is_local(uri) and cfg.tracking.get("artifact_root"):
+        writable_folder(cfg.tracking.artifact_root, "tracking.artifact_root")
+    return uri
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -82,9 +153,13 @@ def open_client(uri: str):
     """An MlflowClient whose store exists: created (or upgraded) under `first_use_lock`."""
     from mlflow.tracking import MlflowClient
 
-    with first_use_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)   # the first call creates the store's tables
+    try:
+        with first_use_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)   # the first call creates the store's tables
+    except Exception as e:   # the store cannot be reached or created: nothing has been written yet
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+        raise UserError(f"tracking: the MLflow store {uri!r} cannot be opened: {first}") from None
     return client
 
 
@@ -170,7 +245,18 @@ class TrackedRun:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
         self.seconds = 0.0
+        self._on_finish: list = []
         self._artifact_root: Path | None | bool = False   # False: not looked up yet
+
+    def when_finished(self, action) -> None:
+        """`action()` runs once the run's work has succeeded, before it is marked FINISHED (e.g.
+        registering its adapter: a FAILED run leaves nothing registered)."""
+        self._on_finish.append(action)
+
+    def finish(self) -> None:
+        for action in self._on_finish:
+            action()
+        self._on_finish.clear()
 
     def _local_artifact_root(self) -> Path | None:
         if self._artifact_root is False:
@@ -319,6 +405,7 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
         tracked = TrackedRun(client, run.info.run_id)
     try:
         yield tracked
+        tracked.finish()
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         try:
