@@ -45,6 +45,7 @@ browser:
 
 # The MLflow UI on the default store, on this machine only (127.0.0.1).
 ui: setup
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments (open an experiment; its runs: ...?workflowType=machine_learning, as each run prints)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
 
 clean-venv:

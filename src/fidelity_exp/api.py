@@ -237,18 +237,32 @@ class Scores:
                             title=title or f"fidelity_exp report: {self.spec.name}", fdr=self.options.fdr,
                             components=self.options.score_components)
 
-    def log_to(self, tracked: Any, *, metrics_json: Path | None = None) -> None:
+    def log_to(self, tracked: Any, *, metrics_json: Path | None = None, datasets: bool = True,
+               human_context: str = "evaluation", report_dir: Path | None = None) -> None:
         """Into an open run (`tracking.TrackedRun`): metrics, notes as tags, metrics.json, the
-        synthetic sets (`synthetic/<arm>.csv`) and the report (`report/`)."""
+        synthetic sets (`synthetic/<arm>.csv`), the report (`report/`; also kept in `report_dir`), the verdict as the run's
+        description, and (`datasets`) the humans and each arm's twins as MLflow dataset inputs."""
+        from fidelity_exp.report import run_description
+        from fidelity_exp.study.sources import describe
+        from fidelity_exp.tracking.notebook import NOTE, log_datasets, verdict_note
+
         tracked.log_metrics(self.metrics)
         if self.notes:
             tracked.set_tags(self.notes)
+        files = {arm: as_file_frame(self.spec, frame) for arm, frame in self.synthetic.items()}
         with tempfile.TemporaryDirectory() as tmp:
             tracked.log_file(metrics_json or self.write_json(Path(tmp) / "metrics.json"))
-            for arm, frame in self.synthetic.items():
-                tracked.log_frame(as_file_frame(self.spec, frame), f"synthetic/{arm}.csv")
-            self.write_report(Path(tmp) / "report")
-            tracked.log_dir(Path(tmp) / "report", "report")
+            for arm, frame in files.items():
+                tracked.log_frame(frame, f"synthetic/{arm}.csv")
+            report = Path(report_dir) if report_dir is not None else Path(tmp) / "report"
+            self.write_report(report)
+            tracked.log_dir(report, "report")
+        note = run_description(self.metrics, self.arms, fdr=self.options.fdr, components=self.options.score_components)
+        tracked.set_tags({NOTE: verdict_note(note, {"report": "report/report.html", "metrics": "metrics.json"})})
+        if datasets:
+            sets = [(f"{self.spec.name}-{human_context}", self.human, human_context)]
+            sets += [(f"{self.spec.name}-synthetic-{arm}", frame, f"synthetic:{arm}") for arm, frame in files.items()]
+            log_datasets(tracked, sets, source=describe(self.spec.source))
 
     def log_to_mlflow(self, *, experiment: str | None = None, run_name: str | None = None,
                       tracking_uri: str | None = None, tags: Mapping[str, str] | None = None) -> str:

@@ -22,16 +22,19 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp import api, tracking
+from fidelity_exp.tracking import notebook
 from fidelity_exp.arms import Arm, ArmContext, build_arms, check_arm_names
 from fidelity_exp.arms.llm import BaseModel, Finetuned, LLMSession, LLMSettings
 from fidelity_exp.errors import ArmFailed, ConfigError
 from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
 from fidelity_exp.metrics import Options, prefixed
+from fidelity_exp.llm.interview import interview_orders
 from fidelity_exp.metrics.position import OrderScorings, position_metrics
 from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import resolve
 from fidelity_exp.settings import Checked, check_config, typed
 from fidelity_exp.study import Split, SplitSettings, Study
+from fidelity_exp.study.sources import describe
 from fidelity_exp.study.synthetic_file import check_synthetic
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ class Plan:
     llm: LLMSettings | None = None         # what the LLM arms read (None when none runs)
     files: dict[str, pd.DataFrame] = field(default_factory=dict)   # evaluate-only: arm -> checked file
     human: pd.DataFrame | None = None      # the scored humans (canonical frame)
+    tracking: Any = None                   # the `tracking` group (TrackingSettings)
+    tracking_uri: str | None = None
 
     @property
     def evaluate_only(self) -> bool:
@@ -137,7 +142,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
         human, files = setup_evaluate(cfg.evaluate, study)
         options.check_compare(files)
         return Plan(study=study, options=options, arms={}, split=None, scored_on="evaluate.human", files=files,
-                    human=human)
+                    human=human, tracking=groups["tracking"], tracking_uri=uri)
     settings = split_settings(cfg)
     split = settings.draw(study)
     arms = setup_arms(cfg, settings)
@@ -150,7 +155,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
         llm = None
     return Plan(study=study, options=options, arms=arms, split=split, scored_on=settings.score_on,
                 seed=int(cfg.simulate.seed), rectified=settings.rectified, ppi_predictions=str(predictions), llm=llm,
-                human=study.frame.loc[split.evaluation])
+                human=study.frame.loc[split.evaluation], tracking=groups["tracking"], tracking_uri=uri)
 
 
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Sequence[str] = (),
@@ -176,11 +181,25 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
         "score_on": p.scored_on,
     }
     with tracking.start_run(cfg, run_name=run_name, tags=tags) as tracked:
-        log_setup(tracked, cfg, p)
-        metrics = carry_out(p, output, tracked)
+        experiment_id = tracked.experiment_id
+        notebook.describe_experiment(tracked.client, experiment_id, p.study.spec)
+        with notebook.system_metrics(tracked.run_id, p.tracking_uri, p.tracking.system_metrics):
+            log_setup(tracked, cfg, p)
+            metrics = carry_out(p, output, tracked)
         # What a sweep's overhead is measured against (the sweep report shows it per trial).
         tracked.log_metrics({"timing/run_s": time.perf_counter() - started, "timing/tracking_s": tracked.seconds})
-        return metrics
+    where_to_look(p, experiment_id, tracked.run_id, output)
+    return metrics
+
+
+def where_to_look(p: Plan, experiment_id: str, run_id: str, output: Path) -> None:
+    """The run's page in the MLflow UI (the view that lists runs), its report and metrics.json."""
+    base = notebook.ui_base(p.tracking_uri, p.tracking.ui_url)
+    served = "" if p.tracking_uri.startswith("http") else " (start it with `make ui`)"
+    log.info("MLflow run: %s%s", notebook.run_address(base, experiment_id, run_id), served)
+    log.info("report: %s", output / "report" / "report.html" if (output / "report").is_dir() else
+             f"the run's report/report.html artifact ({notebook.run_address(base, experiment_id, run_id)})")
+    log.info("metrics: %s", output / "metrics.json")
 
 
 def carry_out(p: Plan, output: Path, tracked) -> dict[str, float | None]:
@@ -198,8 +217,27 @@ def carry_out(p: Plan, output: Path, tracked) -> dict[str, float | None]:
     log.info("metrics: %s", ", ".join(f"{k}={v:.3f}" for k, v in scores.metrics.items()
                                        if k.endswith(SCORE) and v is not None))
     if tracked is not None:
-        scores.log_to(tracked, metrics_json=output / "metrics.json")
+        context = "validation" if p.scored_on == "validation" else "evaluation"
+        scores.log_to(tracked, metrics_json=output / "metrics.json", datasets=p.tracking.datasets,
+                      human_context=context, report_dir=output / "report")
+        log_traces(p, tracked, synthetic)
     return scores.metrics
+
+
+def log_traces(p: Plan, tracked, synthetic: dict[str, pd.DataFrame]) -> None:
+    """A sample of each LLM arm's twins as MLflow traces (tracking.traces_per_arm)."""
+    n = p.tracking.traces_per_arm
+    llm_arms = [name for name, arm in p.arms.items() if arm.uses_llm and name in synthetic]
+    if not n or not llm_arms:
+        return
+    mode = p.llm.simulate.option_order
+    shown = "fixed" if mode == "averaged" else mode
+    count = min(n, len(p.human))
+    orders = [interview_orders(p.study.spec, shown, seed=p.seed, who=i) for i in range(count)]
+    seconds = sum(notebook.log_twin_traces(tracked, p.tracking_uri, tracked.experiment_id, p.study.spec, arm,
+                                           synthetic[arm], p.human, count, orders) for arm in llm_arms)
+    tracked.log_metrics({"timing/traces_s": seconds})
+    log.info("traces: %d twins of each of %s (%.1f s)", count, ", ".join(llm_arms), seconds)
 
 
 def simulate_arms(p: Plan, tracked: tracking.TrackedRun | None
@@ -255,6 +293,9 @@ def log_setup(tracked: tracking.TrackedRun, cfg: DictConfig, p: Plan) -> None:
     tracked.log_text(OmegaConf.to_yaml(cfg.data, resolve=True), "config/study_spec.yaml")
     if p.split is not None:
         params["split.n_pilot"] = str(len(p.split.pilot))
+        if p.tracking.datasets:
+            notebook.log_datasets(tracked, [(f"{p.study.spec.name}-pilot", p.study.frame.loc[p.split.pilot], "pilot")],
+                                  source=describe(p.study.spec.source))
         ids = p.split.ids_frame()
         tracked.log_frame(ids[ids.set == "pilot"][["id", "fold"] if p.split.folds else ["id"]], "split/pilot_ids.csv")
         # With score_on=validation the scored humans are validation humans: the file says so.

@@ -5,7 +5,7 @@ study/split.py, `metrics`: metrics/suite.py, `simulate`: arms/llm.py, `model`: l
 `finetune`: llm/finetune.py, `tracking`: tracking/mlflow_run.py, `paths`: paths.py, ...). A field's
 type is checked by OmegaConf's structured configs (types, unknown keys), its range by the `Rule`
 in its metadata (`option(default, ge=0, ...)`), and what concerns several fields by the class's
-`check()`. `check_config(cfg)` reads every group (`GROUPS`) before any run exists; every mistake is
+`check()`. `check_config(cfg)` reads every group (`_groups()`) before any run exists; every mistake is
 one `ConfigError` naming `<group>.<key>`, the value and what was expected.
 """
 

@@ -62,6 +62,8 @@ def test_joblib_sweep_parent_children_study_and_idempotent_rerun(tmp_path):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["sweep.study_name"] == study.study_name
     assert int(parent.data.tags["sweep.best_trial"]) == study.best_trial.number
+    note = parent.data.tags["mlflow.note.content"]            # the parent's description: the sweep summary
+    assert note.startswith("# Sweep report") and study.study_name in note and "![" not in note
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -180,11 +180,48 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
     assert "pilot_resample/position/primacy/mean" not in result
     assert "## Option order (position)" in text and "finetuned: primacy" in text and "plots/position.png" in text
 
+    # the lab notebook (tracking/notebook.py): description, source, datasets, traces, system metrics
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("## Headline metrics") and "| finetuned |" in note and "human split-half" in note
+    assert run.data.tags["mlflow.source.name"]     # `python -m fidelity_exp` from the command line
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and "mlflow.user" in run.data.tags
+    contexts = {d.dataset.name: [t.value for t in d.tags if t.key == "mlflow.data.context"][0]
+                for d in run.inputs.dataset_inputs}
+    assert contexts == {"anes96-pilot": "pilot", "anes96-evaluation": "evaluation",
+                        **{f"anes96-synthetic-{a}": f"synthetic:{a}" for a in ("base", "finetuned", "pilot_resample",
+                                                                                "tabular")}}
+    assert "mlflow.note.content" in client.get_experiment(run.info.experiment_id).tags
+    traces = client.search_traces(locations=[run.info.experiment_id], max_results=100)
+    assert len(traces) == 2 * 20 and {t.info.tags["arm"] for t in traces} == {"base", "finetuned"}
+    one = client.get_trace(traces[0].info.trace_id)
+    spans = {s.name: s for s in one.data.spans}
+    assert set(spec_questions(cfg)) <= set(spans)
+    assert "option_probabilities" in spans["vote"].outputs and "Who do you expect" in spans["vote"].inputs["question"]
+    assessments = {a.name for a in one.info.assessments}
+    assert {f"{kind}/{q}" for kind in ("human", "match") for q in spec_questions(cfg)} == assessments
+    assert any(k.startswith("system/cpu") for k in run.data.metrics) and run.data.metrics["timing/traces_s"] > 0
+    assert (tmp_path / "out" / "report" / "report.html").is_file()
+
     # the registered adapter drives a later run's finetuned arm without training
     cfg2, choices2 = composer("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune=registered",
                               "finetune.uri=models:/anes96-tiny_random-lora/1", *SMALL)
     again = pipeline.run(cfg2, choices=choices2, output_dir=tmp_path / "out2")
     assert again["finetuned/divergence/js/mean"] == pytest.approx(result["finetuned/divergence/js/mean"])
+
+
+def spec_questions(cfg) -> list[str]:
+    return [q["column"] for q in cfg.data.questions]
+
+
+def test_tracking_changes_no_metric(composer, tmp_path):
+    """Traces, datasets, the description and system metrics only record: metrics.json is the same
+    byte for byte with tracking on and off."""
+    args = ("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune.max_steps=2", *SMALL)
+    on, on_choices = composer(*args)
+    off, off_choices = composer(*args, "tracking.enabled=false")
+    pipeline.run(on, choices=on_choices, output_dir=tmp_path / "on")
+    pipeline.run(off, choices=off_choices, output_dir=tmp_path / "off")
+    assert (tmp_path / "on" / "metrics.json").read_bytes() == (tmp_path / "off" / "metrics.json").read_bytes()
 
 
 def test_finetune_none_runs_the_base_model_alone(composer, tmp_path):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from fidelity_exp.errors import ConfigError
+from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.llm.interview import Renderer, interview_orders
 from fidelity_exp.llm.models import LoadedModel
 from fidelity_exp.settings import Checked, option, seed_option, typed
@@ -174,7 +174,10 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
         raise ConfigError("pilot", len(given), "the pilot has no answered question to fine-tune on")
     torch.manual_seed(int(cfg.seed))                   # LoRA's A matrices start random
     with _quiet_trainer():   # peft 0.21 asks the same deprecated property
-        model = get_peft_model(loaded.model, lora_config(cfg.lora))
+        try:
+            model = get_peft_model(loaded.model, lora_config(cfg.lora))
+        except ValueError as e:   # e.g. target modules the loaded model does not have: known only now
+            raise UserError(f"finetune.lora={dict(cfg.lora)}: {str(e).splitlines()[0]}") from None
     collator = _Collator(renderer.tokenizer.pad_token_id)
     result = FinetuneResult(model=model, examples=len(rows))
 

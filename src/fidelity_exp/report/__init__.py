@@ -146,36 +146,22 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
         plots.append(folder / "plots" / "position.png")
         position.plot(spec, metrics, order_arms, plots[-1])
 
-    keys = headline_keys(metrics, arms)
-    components = list(components if components is not None else registry.default_components())
-    pairs = [p for p in registry.compared_pairs(metrics) if p[0] in arms and p[1] in arms]
-    humans_tab = verdict.against_humans(metrics, arms, keys, fdr)
-    pairs_tab = verdict.arm_vs_arm(metrics, pairs, keys, fdr) if pairs else None
-    words = verdict.sentences(metrics, arms, pairs, registry.component_keys(keys, components), fdr)
-    verdict_intro = (f"Each cell: the value with its 95% interval; what the metric is when twins are as good as "
-                     f"humans at this sample size (the median over swaps of twins with their humans); and whether "
-                     f"the arm is distinguishable from the humans (Benjamini-Hochberg q <= {fdr:g}).")
-    pairs_intro = ("How much better the first arm is than the second (positive: better, in the metric's own "
-                   "direction), with its 95% interval over resampled humans and a paired swap test's p value.")
+    words, humans_tab, pairs_tab, verdict_md = _verdict(metrics, arms, fdr, components)
     tab = table(metrics, arms)
     intro = (f"Study `{spec.name}` v{spec.version}: {len(human)} evaluation humans; arms: {', '.join(arms)}. "
              "Cells are point values with bootstrap 95% intervals (bias-aware by default: see METRICS.md "
              "section 8); the last column is the level sampling noise alone produces between two halves of the "
              "humans (half-size samples: the verdict's swap null median is the matched-size level). Undefined "
              "values are shown as —.")
-    md = [f"# {title}", "", "## Verdict", "", *[f"- {w}" for w in words], "", verdict_intro, "",
-          _markdown_table(humans_tab), ""]
-    if pairs_tab is not None:
-        md += [pairs_intro, "", _markdown_table(pairs_tab), ""]
-    md += ["## All headline metrics", "", intro, "", _markdown_table(tab), ""]
+    md = [f"# {title}", "", verdict_md, "", "## All headline metrics", "", intro, "", _markdown_table(tab), ""]
     if order_tab is not None:
         md += ["## Option order (position)", "", position.INTRO, "", _markdown_table(order_tab), ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]
     (folder / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     body = ("<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
-            f"<p>{html.escape(verdict_intro)}</p>{humans_tab.to_html(index=False, escape=True)}")
+            f"<p>{html.escape(VERDICT_INTRO.format(fdr=fdr))}</p>{humans_tab.to_html(index=False, escape=True)}")
     if pairs_tab is not None:
-        body += f"<p>{html.escape(pairs_intro)}</p>{pairs_tab.to_html(index=False, escape=True)}"
+        body += f"<p>{html.escape(PAIRS_INTRO)}</p>{pairs_tab.to_html(index=False, escape=True)}"
     body += f"<h2>All headline metrics</h2><p>{html.escape(intro)}</p>{tab.to_html(index=False, escape=True)}"
     if order_tab is not None:
         body += (f"<h2>Option order (position)</h2><p>{html.escape(position.INTRO)}</p>"
@@ -183,6 +169,39 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
     page = html_page(title, body, plots)
     (folder / "report.html").write_text(page, encoding="utf-8")
     return [folder / "report.md", folder / "report.html", *plots]
+
+
+VERDICT_INTRO = ("Each cell: the value with its 95% interval; what the metric is when twins are as good as humans at "
+                 "this sample size (the median over swaps of twins with their humans); and whether the arm is "
+                 "distinguishable from the humans (Benjamini-Hochberg q <= {fdr:g}).")
+PAIRS_INTRO = ("How much better the first arm is than the second (positive: better, in the metric's own direction), "
+               "with its 95% interval over resampled humans and a paired swap test's p value.")
+
+
+def _verdict(metrics: dict, arms: list[str], fdr: float, components: tuple[str, ...] | None):
+    """The verdict's sentences, its tables and its markdown section (the report's and the MLflow
+    run description's)."""
+    keys = headline_keys(metrics, arms)
+    components = list(components if components is not None else registry.default_components())
+    pairs = [p for p in registry.compared_pairs(metrics) if p[0] in arms and p[1] in arms]
+    humans_tab = verdict.against_humans(metrics, arms, keys, fdr)
+    pairs_tab = verdict.arm_vs_arm(metrics, pairs, keys, fdr) if pairs else None
+    words = verdict.sentences(metrics, arms, pairs, registry.component_keys(keys, components), fdr)
+    md = ["## Verdict", "", *[f"- {w}" for w in words], "", VERDICT_INTRO.format(fdr=fdr), "",
+          _markdown_table(humans_tab)]
+    if pairs_tab is not None:
+        md += ["", PAIRS_INTRO, "", _markdown_table(pairs_tab)]
+    return words, humans_tab, pairs_tab, "\n".join(md)
+
+
+def run_description(metrics: dict, arms: list[str], *, fdr: float = 0.05,
+                    components: tuple[str, ...] | None = None) -> str:
+    """The MLflow run's description (markdown): the headline metrics per arm with their intervals
+    and the human split-half reference, then the verdict's sentences."""
+    words = _verdict(metrics, arms, fdr, components)[0]
+    return "\n".join(["## Headline metrics", "", "Value [95% interval] per arm; last column: the human split-half "
+                      "reference.", "", _markdown_table(table(metrics, arms)), "", "## Verdict", "",
+                      *[f"- {w}" for w in words]])
 
 
 def save_figure(fig, path: Path) -> None:

@@ -282,5 +282,11 @@ class OptunaSweep:
         if self.runs:
             from fidelity_exp.tracking import TrackedRun
 
-            TrackedRun(self.runs.client, self.runs.parent_id).log_dir(folder, "sweep_report")
+            from fidelity_exp.tracking.notebook import NOTE, verdict_note
+
+            parent = TrackedRun(self.runs.client, self.runs.parent_id)
+            parent.log_dir(folder, "sweep_report")
+            summary = "\n".join(line for line in (folder / "report.md").read_text().splitlines()
+                                if not line.startswith("!["))   # the run page shows the summary, the artifact the plots
+            parent.set_tags({NOTE: verdict_note(summary, {"report": "sweep_report/report.html"})})
             self.runs.finish_parent("FINISHED")

@@ -58,6 +58,11 @@ class TrackingSettings(Checked):
     tags: Dict[str, str] = option({})
     run_id: Optional[str] = option(None, pattern=r"[0-9a-f]{32}", nullable=True,
                                    what="an MLflow run id (32 hex digits), or null")
+    ui_url: Optional[str] = option(None, pattern=r"https?://\S+", nullable=True,
+                                   what="the MLflow UI's address (http://host:port), or null")
+    traces_per_arm: int = option(25, ge=0, le=10_000, what="a number of twins from 0 (no traces) to 10000")
+    datasets: bool = True
+    system_metrics: bool = True
 
     def check(self) -> None:
         if self.uri is not None:
@@ -282,6 +287,15 @@ class TrackedRun:
             Path(partial).unlink(missing_ok=True)
             raise
 
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
+    @_timed
+    def log_inputs(self, inputs) -> None:
+        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the run."""
+        self.client.log_inputs(self.run_id, datasets=list(inputs))
+
     @_timed
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -390,7 +404,9 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
     experiment_id = get_or_create_experiment(client, str(cfg.tracking.experiment), cfg.tracking.get("artifact_root"),
                                              uri)
     settle_abandoned_runs(client, experiment_id)
-    all_tags = {"mlflow.runName": run_name, **git_state(), **owner_tags(),
+    from fidelity_exp.tracking.notebook import source_tags
+
+    all_tags = {"mlflow.runName": run_name, **source_tags(), **git_state(), **owner_tags(),
                 **{k: v for k, v in tags.items() if v is not None}}
     all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
     given = cfg.tracking.get("run_id")
