@@ -240,8 +240,9 @@ class Scores:
     def log_to(self, tracked: Any, *, metrics_json: Path | None = None, datasets: bool = True,
                human_context: str = "evaluation", report_dir: Path | None = None) -> None:
         """Into an open run (`tracking.TrackedRun`): metrics, notes as tags, metrics.json, the
-        synthetic sets (`synthetic/<arm>.csv`), the report (`report/`; also kept in `report_dir`), the verdict as the run's
-        description, and (`datasets`) the humans and each arm's twins as MLflow dataset inputs."""
+        synthetic sets (`synthetic/<arm>.csv`), the report (`report/`; also kept in `report_dir`),
+        the verdict as the run's description, and (`datasets`) the humans and each arm's twins as
+        MLflow dataset inputs."""
         from fidelity_exp.report import run_description
         from fidelity_exp.study.sources import describe
         from fidelity_exp.tracking.notebook import NOTE, log_datasets, verdict_note

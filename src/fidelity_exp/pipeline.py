@@ -22,13 +22,12 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp import api, tracking
-from fidelity_exp.tracking import notebook
 from fidelity_exp.arms import Arm, ArmContext, build_arms, check_arm_names
 from fidelity_exp.arms.llm import BaseModel, Finetuned, LLMSession, LLMSettings
 from fidelity_exp.errors import ArmFailed, ConfigError
 from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
-from fidelity_exp.metrics import Options, prefixed
 from fidelity_exp.llm.interview import interview_orders
+from fidelity_exp.metrics import Options, prefixed
 from fidelity_exp.metrics.position import OrderScorings, position_metrics
 from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import resolve
@@ -36,6 +35,7 @@ from fidelity_exp.settings import Checked, check_config, typed
 from fidelity_exp.study import Split, SplitSettings, Study
 from fidelity_exp.study.sources import describe
 from fidelity_exp.study.synthetic_file import check_synthetic
+from fidelity_exp.tracking import notebook
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,7 @@ def where_to_look(p: Plan, experiment_id: str, run_id: str, output: Path) -> Non
     base = notebook.ui_base(p.tracking_uri, p.tracking.ui_url)
     served = "" if p.tracking_uri.startswith("http") else " (start it with `make ui`)"
     log.info("MLflow run: %s%s", notebook.run_address(base, experiment_id, run_id), served)
-    log.info("report: %s", output / "report" / "report.html" if (output / "report").is_dir() else
-             f"the run's report/report.html artifact ({notebook.run_address(base, experiment_id, run_id)})")
+    log.info("report: %s", output / "report" / "report.html")
     log.info("metrics: %s", output / "metrics.json")
 
 
