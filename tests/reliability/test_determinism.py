@@ -33,7 +33,7 @@ def test_same_seed_bit_identical_other_seed_different(tmp_path):
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     first, again, other = (_fingerprint(client, r, tmp_path / "dl") for r in runs)
     assert first == again                                    # bit for bit, file by file
-    timings = ("perf/", "timing/")                           # seconds and throughputs: the clock, not results
+    timings = ("perf/", "timing/", "system/")                # seconds, throughputs, machine load: not results
     results = [{k: v for k, v in r.data.metrics.items() if not k.startswith(timings)} for r in runs]
     assert results[0] == results[1] and len(results[0]) > 500   # every logged metric value
     changed = {path for path in first if first[path] != other[path]}
