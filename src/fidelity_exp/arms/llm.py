@@ -26,7 +26,6 @@ from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import TwinSets
 from fidelity_exp.llm.engine import ORDER_MODES, SimulationResult, simulate, uniforms_for
-from fidelity_exp.llm.finetune import option_order as finetune_order
 from fidelity_exp.llm.interview import Renderer, interview_orders, messages
 from fidelity_exp.llm.models import load_model
 from fidelity_exp.metrics.position import OrderScorings
@@ -66,7 +65,6 @@ class LLMSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig, tracking_uri: str | None = None) -> "LLMSettings":
-        finetune_order(cfg.finetune)   # checked before any run exists
         return cls(model=cfg.model, simulate=SimulateSettings.from_config(cfg.simulate), finetune=cfg.finetune,
                    tracking_uri=tracking_uri)
 

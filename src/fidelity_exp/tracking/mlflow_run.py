@@ -287,7 +287,7 @@ class TrackedRun:
             Path(partial).unlink(missing_ok=True)
             raise
 
-    @property
+    @functools.cached_property
     def experiment_id(self) -> str:
         return self.client.get_run(self.run_id).info.experiment_id
 
