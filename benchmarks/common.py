@@ -51,13 +51,13 @@ def peak_memory(device: torch.device) -> dict:
     return out
 
 
-def load(model: str, dtype: str | None = None):
+def load(model: str, dtype: str | None = None, quantization=None):
     """A model preset of conf/model (`smollm2_135m`) or the path of a model config file."""
     path = Path(model) if model.endswith((".yaml", ".yml")) else REPO / "conf" / "model" / f"{model}.yaml"
     cfg = OmegaConf.load(path)
     if dtype:
         cfg.dtype = dtype
-    return load_model(cfg)
+    return load_model(cfg, quantization=quantization)
 
 
 def study_and_split(study: str, pilot: int, twins: int, seed: int = 0):

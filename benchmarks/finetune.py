@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/finetune.py                       # SmolLM2-135M, anes96 pilot, 6 steps
     .venv/bin/python benchmarks/finetune.py --model tiny_random   # a quick run
+    python benchmarks/finetune.py --model llama3_1_8b_shape --pilot 256 --batch-size 16 --steps 10 \
+        [--gradient-checkpointing] [--qlora]                       # on a GPU: the 8B shape, bf16
 
 Runs `fidelity_exp.llm.finetune` (the transformers Trainer with the answer-only loss) for a few
 steps on pilot interviews and reports training tokens/s (real tokens, no padding) and achieved
@@ -19,7 +21,8 @@ from omegaconf import OmegaConf
 
 from common import REPO, finish, load, matmul_rate, peak_memory, pilot_interviews, study_and_split  # noqa: I001
 
-from fidelity_exp.llm.finetune import finetune
+from fidelity_exp.llm.finetune import check_quantization, finetune, quantization_config
+from fidelity_exp.llm.models import resolve_device
 from fidelity_exp.llm.interview import Renderer
 
 
@@ -33,15 +36,22 @@ def main() -> None:
     parser.add_argument("--full-logits", action="store_true",
                         help="ablation: the standard loss, vocabulary projection at every position")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="finetune.gradient_checkpointing=true")
+    parser.add_argument("--qlora", action="store_true", help="finetune=qlora: 4-bit NF4 base (CUDA, bitsandbytes)")
     args = parser.parse_args()
 
-    lm = load(args.model)
+    cfg = OmegaConf.load(REPO / "conf" / "finetune" / ("qlora.yaml" if args.qlora else "lora.yaml"))
+    if args.qlora:   # qlora.yaml extends lora.yaml through Hydra's defaults list: merged here by hand
+        cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "finetune" / "lora.yaml"),
+                              {k: v for k, v in cfg.items() if k != "defaults"})
+    cfg.seed, cfg.max_steps, cfg.batch_size = 0, args.steps, args.batch_size
+    cfg.gradient_checkpointing = bool(args.gradient_checkpointing or (args.qlora and cfg.gradient_checkpointing))
+    check_quantization(cfg, resolve_device("auto"))
+    lm = load(args.model, quantization=quantization_config(cfg))
     s, split, _ = study_and_split(args.study, pilot=args.pilot, twins=10)
     renderer = Renderer(s.spec, lm.tokenizer)
     given, answers = pilot_interviews(s, split)
     peak = matmul_rate(lm.dtype, lm.device)
-    cfg = OmegaConf.load(REPO / "conf" / "finetune" / "lora.yaml")
-    cfg.seed, cfg.max_steps, cfg.batch_size = 0, args.steps, args.batch_size
     if args.full_logits:   # switch the answer-only projection off (benchmark only)
         import fidelity_exp.llm.finetune as ft
 
@@ -54,7 +64,8 @@ def main() -> None:
     non_embedding = lm.n_parameters - lm.model.get_input_embeddings().weight.numel()
     figures = {
         "model": args.model, "study": args.study, "dtype": str(lm.dtype), "device": str(lm.device),
-        "loss": "full_logits" if args.full_logits else "answer_positions_only",
+        "loss": "full_logits" if args.full_logits else "answer_positions_only", "method": str(cfg.method),
+        "gradient_checkpointing": bool(cfg.gradient_checkpointing),
         "threads": torch.get_num_threads(), "parameters": lm.n_parameters, "trainable_parameters": trainable,
         "steps": len(result.losses), "batch_size": args.batch_size, "train_tokens": result.tokens,
         "seconds": round(result.seconds, 2), "tokens_per_s": round(tps, 1),

@@ -23,10 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp import api, tracking
 from fidelity_exp.arms import Arm, ArmContext, build_arms, check_arm_names
-from fidelity_exp.arms.llm import BaseModel, Finetuned, LLMSession, LLMSettings
+from fidelity_exp.arms.llm import BaseModel, Finetuned, LLMSession, LLMSettings, check_memory
 from fidelity_exp.errors import ArmFailed, ConfigError
 from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
+from fidelity_exp.llm.finetune import TRAINED, check_quantization
 from fidelity_exp.llm.interview import interview_orders
+from fidelity_exp.llm.models import resolve_device
 from fidelity_exp.metrics import Options, prefixed
 from fidelity_exp.metrics.position import OrderScorings, position_metrics
 from fidelity_exp.metrics.score import SCORE
@@ -87,10 +89,10 @@ def setup_arms(cfg: DictConfig, settings: SplitSettings) -> dict[str, Arm]:
     arms = build_arms(cfg.get("arms"))
     method = cfg.finetune.method
     finetuned = [name for name, arm in arms.items() if isinstance(arm, Finetuned)]
-    if settings.rectified and (method != "lora" or not finetuned):
+    if settings.rectified and (method not in TRAINED or not finetuned):
         value = settings.finetune_fraction if settings.finetune_fraction != 1 else settings.crossfit_folds
         raise ConfigError(settings.rectify_key, value,
-                          "rectified estimates need the finetuned arm (in `arms`) with finetune=lora")
+                          "rectified estimates need the finetuned arm (in `arms`) with finetune=lora or qlora")
     if method == "none" and finetuned:
         log.info("finetune=none: the finetuned arm is not run")
         arms = {name: arm for name, arm in arms.items() if name not in finetuned}
@@ -153,6 +155,11 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     llm = LLMSettings.from_config(cfg, tracking_uri=uri)   # checked even when unused
     if not any(arm.uses_llm for arm in arms.values()):
         llm = None
+    else:   # before any weights are looked up: qlora's device, then whether the run fits in memory
+        finetunes = any(isinstance(arm, Finetuned) for arm in arms.values())
+        if finetunes:
+            check_quantization(llm.finetune, resolve_device(str(llm.model.device)))
+        check_memory(llm, study, split, finetunes)
     return Plan(study=study, options=options, arms=arms, split=split, scored_on=settings.score_on,
                 seed=int(cfg.simulate.seed), rectified=settings.rectified, ppi_predictions=str(predictions), llm=llm,
                 human=study.frame.loc[split.evaluation], tracking=groups["tracking"], tracking_uri=uri)

@@ -199,6 +199,68 @@ def test_lora_trains_the_adapter_only_and_the_pilot_loss_goes_down(study):
     assert len(result.losses) == 4 * 6 and result.tokens > 0 and result.tokens_per_s > 0
 
 
+def _lora_gradients(study, checkpointing: bool) -> tuple[float, dict[str, torch.Tensor], int]:
+    """One batch of pilot interviews through a fresh LoRA model in training mode (dropout on):
+    the loss, every adapter gradient, and how often the first layer's attention ran."""
+    from peft import get_peft_model
+
+    from fidelity_exp.llm.finetune import _Collator, lora_config
+
+    s, _ = study
+    loaded = tiny()
+    r = Renderer(s.spec, loaded.tokenizer)
+    given, answers = pilot_data(study)
+    batch = _Collator(loaded.tokenizer.pad_token_id)(training_set(r, given, answers)[:6])
+    torch.manual_seed(0)
+    model = get_peft_model(loaded.model, lora_config(lora_cfg().lora))
+    with torch.no_grad():   # B starts at zero, which would leave A without a gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape))
+    if checkpointing:
+        base = model.get_base_model()   # transformers 5 renamed it; 4 has only the old name
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    model.get_base_model().model.layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
+    model.train()
+    torch.manual_seed(1)   # the same dropout masks
+    loss = answer_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads, len(calls)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(study):
+    loss, grads, calls = _lora_gradients(study, checkpointing=False)
+    loss_ckpt, grads_ckpt, calls_ckpt = _lora_gradients(study, checkpointing=True)
+    assert (calls, calls_ckpt) == (1, 2)          # checkpointing really recomputed the layer in backward
+    assert abs(loss - loss_ckpt) < 1e-5
+    assert grads.keys() == grads_ckpt.keys() and len(grads) == 2 * 2 * 2   # q, v x A, B x 2 layers
+    for k in grads:
+        torch.testing.assert_close(grads_ckpt[k], grads[k], atol=1e-5, rtol=1e-5)
+        assert grads[k].abs().sum() > 0, k
+
+
+def test_fine_tuning_with_gradient_checkpointing_follows_the_same_curve(study):
+    s, _ = study
+    given, answers = pilot_data(study)
+    runs = []
+    for checkpointing in (False, True):
+        loaded = tiny()
+        r = Renderer(s.spec, loaded.tokenizer)
+        result = finetune(loaded, r, given, answers, lora_cfg(epochs=1, batch_size=4, learning_rate=1e-2,
+                                                              gradient_checkpointing=checkpointing), progress=False)
+        runs.append((result.losses, {k: v.detach().clone() for k, v in result.model.named_parameters()
+                                     if "lora_" in k}))
+    (losses, adapter), (losses_ckpt, adapter_ckpt) = runs
+    np.testing.assert_allclose(losses_ckpt, losses, atol=1e-5)
+    for k in adapter:
+        torch.testing.assert_close(adapter_ckpt[k], adapter[k], atol=1e-5, rtol=1e-5)
+
+
 def test_adapter_round_trip_through_mlflow(study, tmp_path):
     s, _ = study
     loaded = tiny()

@@ -343,6 +343,14 @@ CASES: dict[str, Case] = {
                                          ("run directory", "afile", "hydra.run.dir")),
     # -- models ----------------------------------------------------------------------------------------------
     "corrupt_adapter": Case(_corrupt_adapter, ("my_adapter", "adapter_model.safetensors", "safetensors")),
+    "qlora_on_a_cpu": Case(lambda f: [*_study(f)[:2], "model=tiny_random", "model.device=cpu", "finetune=qlora",
+                                      "arms=[finetuned]", "pilot.n=20"], ("finetune", "qlora", "CUDA", "finetune=lora")),
+    "an_8b_model_in_float32_on_this_machine": Case(
+        lambda f: [*_study(f)[:2], "model=llama3_1_8b_shape", "model.device=cpu", "arms=[base,finetuned]", "pilot.n=20"],
+        ("llama3_1_8b_shape", "8.03B", "float32", "GiB", "finetune.gradient_checkpointing=true",
+         "model.memory_check=false")),
+    "unknown_model_shape": Case(lambda f: [*_study(f), "model=tiny_random", "+model.shape=gpt5"],
+                                ("shape", "gpt5", "llama3_1_8b")),
 }
 
 

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import TwinSets
 from fidelity_exp.llm.engine import ORDER_MODES, SimulationResult, simulate, uniforms_for
+from fidelity_exp.llm.finetune import TRAINED, check_quantization, quantization_config
 from fidelity_exp.llm.interview import Renderer, interview_orders, messages
-from fidelity_exp.llm.models import load_model
+from fidelity_exp.llm.models import load_model, resolve_device
 from fidelity_exp.metrics.position import OrderScorings
 from fidelity_exp.settings import Checked, option, seed_option, typed
 from fidelity_exp.study.data import Study
@@ -104,7 +106,8 @@ class LLMSession:
     def __init__(self, settings: LLMSettings, ctx: ArmContext):
         self.settings, self.study, self.split, self.tracked = settings, ctx.study, ctx.split, ctx.tracked
         spec = self.study.spec
-        self.loaded = load_model(settings.model)
+        check_quantization(settings.finetune, resolve_device(str(settings.model.device)))
+        self.loaded = load_model(settings.model, quantization=quantization_config(settings.finetune))
         self.renderer = Renderer(spec, self.loaded.tokenizer, show_persona=settings.simulate.show_persona)
         self.pilot_given = records(self.study.frame.loc[self.split.pilot], spec.given_columns)
         self.pilot_answers = answers_of(self.study, self.split.pilot)
@@ -209,10 +212,10 @@ class Finetuned(Arm):
             frame, scorings = session.interview(f"arm {self.name}", model, split, arm=self.name)
             session.take_off_adapter(model)
             return Twins(frame, position=scorings)
-        if session.settings.finetune.method != "lora":
+        if session.settings.finetune.method not in TRAINED:
             raise ConfigError("finetune.method", session.settings.finetune.method, "rectified estimates "
                               "(pilot.finetune_fraction < 1 or pilot.crossfit_folds >= 2) fine-tune on part of the "
-                              "pilot: expected lora")
+                              "pilot: expected lora or qlora")
         labelled, unlabelled, scorings = [], [], None
         for k, fold in enumerate(split.folds):
             train = split.finetune_ids(k)
@@ -250,3 +253,63 @@ def _check_local_adapter(finetune_cfg: DictConfig) -> None:
         raise ConfigError("finetune.uri", uri, f"expected an adapter folder, MLflow models:/ or runs:/ URI; "
                           f"{str(folder)!r} is not a folder")
     adapters.check_folder(folder)
+
+
+def check_memory(settings: LLMSettings, study: Study, split: Split, finetunes: bool) -> None:
+    """Refuse, before anything is loaded, a run whose estimated peak memory does not fit its
+    device (llm/memory.py); `model.memory_check=false` skips it."""
+    from fidelity_exp.llm import memory
+
+    if not settings.model.get("memory_check", True):
+        return
+    planned = memory_estimate(settings, study, split, finetunes)
+    if planned is not None:
+        memory.refuse_if_too_big(*planned)
+
+
+def memory_estimate(settings: LLMSettings, study: Study, split: Split, finetunes: bool):
+    """(estimate, work, device, what) of this run's LLM stages, from the architecture alone and
+    the longest interviews (token counts from the model's tokenizer); None when the model's
+    architecture is unknown before loading (a hub model without `model.shape` and not cached)."""
+    from fidelity_exp.llm import memory
+    from fidelity_exp.llm.models import architecture_config, cached_config, load_tokenizer, resolve_dtype
+
+    model_cfg, sim = settings.model, settings.simulate
+    random = model_cfg.source == "random"
+    tokenizer = load_tokenizer(model_cfg.tokenizer if random else model_cfg)
+    config = architecture_config(model_cfg, vocab_size=len(tokenizer)) or cached_config(model_cfg)
+    if config is None:
+        log.info("memory check skipped: model %s names no shape (model.shape) and its config.json is not in the "
+                 "local cache", model_cfg.name)
+        return None
+    ft = settings.finetune
+    trains = finetunes and ft.method in TRAINED
+    lora = ft.get("lora") or {}
+    sizes = memory.Sizes.of(config, int(lora.get("rank", 0)) if trains else 0,
+                            list(lora.get("target_modules", [])) if trains else [])
+    device = resolve_device(str(model_cfg.device))
+    dtype = resolve_dtype(str(model_cfg.dtype), device)
+    renderer = Renderer(study.spec, tokenizer, show_persona=sim.show_persona)
+    train_tokens = max(interview_lengths(renderer, study, split.pilot, answered=True)) if trains else 0
+    twin_tokens = max(interview_lengths(renderer, study, split.evaluation, answered=False))
+    segment = max(len(renderer.prompt_ids(g, [], 0)) for g in records(study.frame.loc[split.evaluation],
+                                                                        study.spec.given_columns))
+    work = memory.Work(dtype_bytes=torch.finfo(dtype).bits // 8, quantized=trains and ft.method == "qlora",
+                       finetune=trains, train_batch=int(ft.batch_size), train_tokens=train_tokens,
+                       answers=len(study.spec.questions), checkpointing=bool(ft.get("gradient_checkpointing", False)),
+                       cpu=device.type == "cpu", simulate_batch=min(sim.batch_size, len(split.evaluation)),
+                       simulate_tokens=twin_tokens, segment_tokens=segment)
+    est = memory.estimate(sizes, work, memory.process_bytes(device))
+    what = (f"{model_cfg.name} ({sizes.parameters / 1e9:.2f}B parameters, {str(dtype).removeprefix('torch.')}"
+            f"{', 4-bit base' if work.quantized else ''})")
+    return est, work, device, what
+
+
+def interview_lengths(renderer: Renderer, study: Study, ids: pd.Index, answered: bool) -> list[int]:
+    """Tokens of each complete interview of `ids`: with their own answers (`answered`, as
+    fine-tuning reads them) or, for twins, every question answered (as their KV cache ends)."""
+    spec = study.spec
+    given = records(study.frame.loc[ids], spec.given_columns)
+    answers = answers_of(study, ids) if answered else [[q.codes[0] for q in spec.questions]] * len(given)
+    return [len(renderer.ids(renderer.text(messages(spec, g, a, show_persona=renderer.show_persona), False)))
+            for g, a in zip(given, answers, strict=True)]

@@ -28,7 +28,10 @@ from fidelity_exp.settings import Checked, option, seed_option, typed
 
 log = logging.getLogger(__name__)
 ORDERS = ("fixed", "random")   # finetune.option_order
-METHODS = ("none", "lora", "registered")
+METHODS = ("none", "lora", "qlora", "registered")
+TRAINED = ("lora", "qlora")    # the methods that fine-tune an adapter on the pilot
+QUANT_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 # transformers' schedules that need no arguments beyond warmup (tests check they are its SchedulerType's)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
@@ -50,9 +53,19 @@ class LoraSettings(Checked):
 
 
 @dataclass
+class QuantizationSettings(Checked):
+    """`finetune.quantization` (finetune=qlora): how bitsandbytes stores the frozen base weights."""
+
+    bits: int = option(4, one_of=(4,), what="4 (QLoRA's 4-bit base)")
+    quant_type: str = option("nf4", one_of=QUANT_TYPES)
+    double_quant: bool = True
+    compute_dtype: str = option("bfloat16", one_of=COMPUTE_DTYPES)
+
+
+@dataclass
 class FinetuneSettings(Checked):
     """The `finetune` group (conf/finetune/*.yaml); `lora` is checked as `LoraSettings`, `uri` is
-    required by `method: registered`."""
+    required by `method: registered`, `quantization` is `method: qlora`'s."""
 
     method: str = option("lora", one_of=METHODS)
     uri: Optional[str] = None
@@ -65,15 +78,47 @@ class FinetuneSettings(Checked):
     scheduler: str = option("linear", one_of=SCHEDULERS)
     warmup_steps: int = option(0, ge=0, what="an integer >= 0")
     group_by_length: bool = True
+    gradient_checkpointing: bool = False   # recompute each layer's activations in backward: less memory, ~1/3 more time
     option_order: str = option("fixed", one_of=ORDERS)
+    quantization: Optional[Dict[str, Any]] = None
     seed: int = seed_option()
 
     def check(self) -> None:
         if self.method == "registered" and not self.uri:
             raise ConfigError("uri", self.uri, "expected models:/<name>/<version>, runs:/<run id>/adapter or a local "
                               "adapter folder (finetune=registered)")
-        if self.method == "lora":
+        if self.method in TRAINED:
             self.lora = typed(LoraSettings, self.lora, "lora", "finetune.lora")
+        if self.method == "qlora":
+            self.quantization = typed(QuantizationSettings, self.quantization or {}, "quantization",
+                                      "finetune.quantization")
+
+
+def quantization_config(cfg: Any):
+    """The transformers `BitsAndBytesConfig` of `finetune=qlora` (None for every other method)."""
+    if cfg is None or cfg.get("method") != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.get("quantization") or {}
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=str(q.get("quant_type", "nf4")),
+                              bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
+                              bnb_4bit_compute_dtype=getattr(torch, str(q.get("compute_dtype", "bfloat16"))))
+
+
+def check_quantization(cfg: Any, device: torch.device) -> None:
+    """finetune=qlora needs CUDA and bitsandbytes: said before anything is loaded."""
+    if cfg is None or cfg.get("method") != "qlora":
+        return
+    if device.type != "cuda":
+        raise ConfigError("finetune", "qlora", f"4-bit QLoRA runs on a CUDA GPU (bitsandbytes) and this run's device "
+                          f"is {device}: on a CPU use finetune=lora (with finetune.gradient_checkpointing=true "
+                          "for less memory)")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("finetune", "qlora", "needs bitsandbytes, which is not installed: pip install -e '.[gpu]' "
+                          "(README, Installing on a GPU machine)")
 
 
 @dataclass
@@ -166,16 +211,24 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
     from peft import get_peft_model
     from transformers import TrainerCallback, TrainingArguments
 
-    if cfg.method != "lora":
-        raise ConfigError("finetune.method", cfg.method, "expected lora (or finetune=none for no fine-tuning)")
+    if cfg.method not in TRAINED:
+        raise ConfigError("finetune.method", cfg.method, "expected lora or qlora (or finetune=none for no "
+                          "fine-tuning)")
     dataset = training_data(renderer, given, answers, option_order(cfg), int(cfg.seed))
     rows = dataset.rendered[0]
     if not rows:
         raise ConfigError("pilot", len(given), "the pilot has no answered question to fine-tune on")
+    checkpointing = bool(cfg.get("gradient_checkpointing", False))
+    base = loaded.model
+    if cfg.method == "qlora":   # norms and the head in float32, inputs that carry gradients
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(int(cfg.seed))                   # LoRA's A matrices start random
     with _quiet_trainer():   # peft 0.21 asks the same deprecated property
         try:
-            model = get_peft_model(loaded.model, lora_config(cfg.lora))
+            model = get_peft_model(base, lora_config(cfg.lora))
         except ValueError as e:   # e.g. target modules the loaded model does not have: known only now
             raise UserError(f"finetune.lora={dict(cfg.lora)}: {str(e).splitlines()[0]}") from None
     collator = _Collator(renderer.tokenizer.pad_token_id)
@@ -200,6 +253,7 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
             weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], seed=int(cfg.seed),
             data_seed=int(cfg.seed), use_cpu=not cuda, bf16=cuda and loaded.dtype == torch.bfloat16,
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
+            **_checkpointing(checkpointing),
             **_sampling(bool(cfg.get("group_by_length", True))),
         )
         with _quiet_trainer():
@@ -255,6 +309,18 @@ def _sampling(group_by_length: bool) -> dict:
     if "train_sampling_strategy" in params:
         return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
     return {"group_by_length": group_by_length}
+
+
+def _checkpointing(on: bool) -> dict:
+    """Gradient checkpointing (non-reentrant: frozen embeddings need no input gradients); the
+    arguments were renamed activation_checkpointing in transformers 5."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    name = "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False}} if on else {}
 
 
 class _EpochData(torch.utils.data.Dataset):

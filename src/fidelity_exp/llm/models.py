@@ -5,8 +5,15 @@ Sources:
   offline); transformers de-quantises it to the chosen dtype.
 - `hub`: a HuggingFace hub id or a local directory (`name_or_path`), for GPU users with the
   weights in their cache or internet; `trust_remote_code` stays off unless the config turns it on.
-- `random`: a small model of the same architecture built from a config with random weights, with
-  the tokenizer (and chat template) of another source; for tests.
+- `random`: a model built from an architecture config with random weights, with the tokenizer
+  (and chat template) of another source: a few-layer Llama for tests (`architecture`), or the
+  exact shape of a real model (`shape`: Llama-3.1-8B, Qwen2.5-7B, ...) for benchmarks and
+  memory checks on a device, no download needed.
+
+Shapes (`model.shape`): the architecture config.json of a real model, shipped in
+`llm/shapes/NAME.json` (a few KB each) or a path to one. The hub and GGUF presets name theirs too,
+so the memory check (`llm/memory.py`) knows the model's size before anything is loaded;
+`meta_model` builds it on PyTorch's `meta` device (parameters without storage).
 
 `dtype: auto` means bfloat16 on CUDA, float32 elsewhere; `device: auto` means CUDA when present.
 """
@@ -14,9 +21,11 @@ Sources:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -32,6 +41,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+SHAPES = Path(__file__).parent / "shapes"   # architecture configs of real models (NAME.json)
 
 
 @dataclass
@@ -61,18 +71,81 @@ class ModelSettings(Checked):
     package: Optional[str] = None          # gguf_package
     file: Optional[str] = None             # gguf_package
     seed: int = seed_option()              # random: the weights' seed
-    architecture: Optional[Dict[str, Any]] = None   # random: LlamaConfig keys
+    shape: Optional[str] = None            # a shipped architecture (llm/shapes/NAME.json) or a config.json path
+    architecture: Optional[Dict[str, Any]] = None   # random: LlamaConfig keys (or overrides of `shape`)
     tokenizer: Optional[Dict[str, Any]] = None      # random: TokenizerSettings
     dtype: str = option("auto", one_of=("auto", *DTYPES))
     device: str = option("auto", pattern=DEVICE, what="auto, cpu, cuda, cuda:N or mps")
     trust_remote_code: bool = False
+    memory_check: bool = True              # refuse a run whose estimated peak memory does not fit (llm/memory.py)
 
     def check(self) -> None:
-        _needs(self, {"gguf_package": ("package", "file"), "hub": ("name_or_path",),
-                      "random": ("architecture", "tokenizer")})
+        _needs(self, {"gguf_package": ("package", "file"), "hub": ("name_or_path",), "random": ("tokenizer",)})
+        if self.shape is not None:
+            shape_file(self.shape)
         if self.source == "random":
+            if self.architecture is None and self.shape is None:
+                raise ConfigError("architecture", None, "is required with source: random (or a shape, e.g. "
+                                  "shape: llama3_1_8b)")
             typed(TokenizerSettings, self.tokenizer, "tokenizer", "the model's tokenizer")
-            _check_architecture(self.architecture)
+            _check_architecture(self.architecture or {})
+
+
+def shape_file(shape: str) -> Path:
+    """The config.json a `model.shape` names: a shipped shape (llm/shapes/NAME.json) or a file."""
+    shipped = SHAPES / f"{shape}.json"
+    if shipped.is_file():
+        return shipped
+    path = Path(shape).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.suffix == ".json" and path.is_file():
+        return path
+    known = ", ".join(sorted(p.stem for p in SHAPES.glob("*.json")))
+    raise ConfigError("shape", shape, f"expected a shipped shape ({known}) or the path of a model's config.json")
+
+
+def architecture_config(cfg: Any, vocab_size: int | None = None):
+    """The transformers config of the model `cfg` describes, from its `shape` and `architecture`
+    alone (no weights, no download): None when neither is given (a hub or GGUF model without a
+    shape). A `random` model without a shape is a Llama over `vocab_size` tokens, tied embeddings."""
+    from transformers import AutoConfig, LlamaConfig
+
+    arch = dict(cfg.get("architecture") or {})
+    if cfg.get("shape"):
+        path = shape_file(str(cfg.shape))
+        try:
+            keys = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+            keys.pop("architectures", None)
+            model_type = keys.pop("model_type")
+            return AutoConfig.for_model(model_type, **{**keys, **arch})
+        except (ValueError, KeyError, OSError) as e:
+            raise ConfigError("model.shape", str(cfg.shape), f"{path} is not a model config.json ({e})") from None
+    if not arch:
+        return None
+    return LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **arch)
+
+
+def cached_config(cfg: Any):
+    """A hub model's config.json from the local cache (or its local directory): None when it is
+    not there. Only the config is read: no weights, no download."""
+    if cfg.get("source") != "hub":
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(cfg.name_or_path), **{**_hub_kwargs(cfg), "local_files_only": True})
+    except (OSError, ValueError):
+        return None
+
+
+def meta_model(config):
+    """The model a config describes on PyTorch's `meta` device: its parameters have shapes and
+    dtypes but no storage, so an 8B model is built in a second with no memory."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def _needs(settings: Any, required: Mapping[str, tuple[str, ...]]) -> None:
@@ -127,8 +200,10 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return DTYPES[spec]
 
 
-def load_model(cfg: Any) -> LoadedModel:
-    """The model and tokenizer a `model` config describes, on its device, in eval mode."""
+def load_model(cfg: Any, quantization: Any = None) -> LoadedModel:
+    """The model and tokenizer a `model` config describes, on its device, in eval mode.
+    `quantization` (a transformers `BitsAndBytesConfig`, from `finetune=qlora`) loads the base
+    weights in 4 bits."""
     source = cfg.get("source")
     if source not in SOURCES:
         raise ConfigError("model.source", source, f"expected one of {', '.join(SOURCES)}")
@@ -136,10 +211,12 @@ def load_model(cfg: Any) -> LoadedModel:
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
     tokenizer = load_tokenizer(cfg.tokenizer if source == "random" else cfg)
     if source == "random":
-        model = _random_model(cfg, tokenizer, dtype)
+        model = _random_model(cfg, tokenizer, dtype, device, quantization)
     else:
-        model = _pretrained_model(cfg, dtype)
-    model.to(device).eval()
+        model = _pretrained_model(cfg, dtype, device, quantization)
+    if quantization is None:
+        model.to(device)
+    model.eval()
     log.info("model %s: %.1fM parameters, %s on %s", cfg.name, sum(p.numel() for p in model.parameters()) / 1e6,
              str(dtype).removeprefix("torch."), device)
     return LoadedModel(str(cfg.name), model, tokenizer, device, dtype)
@@ -176,10 +253,13 @@ def _gguf_tokenizer(package: str, file: str):
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
-def _pretrained_model(cfg: Any, dtype: torch.dtype):
+def _pretrained_model(cfg: Any, dtype: torch.dtype, device: torch.device, quantization: Any = None):
     from transformers import AutoModelForCausalLM
 
     if cfg.source == "gguf_package":
+        if quantization is not None:
+            raise ConfigError("model.source", "gguf_package", "finetune=qlora quantises hub weights: expected a "
+                              "hub model (or a random one with a shape)")
         path = packaged_file(str(cfg.package), str(cfg.file))
         check_gguf(path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
@@ -189,8 +269,9 @@ def _pretrained_model(cfg: Any, dtype: torch.dtype):
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         return model
+    placed = {} if quantization is None else {"quantization_config": quantization, "device_map": {"": device}}
     try:
-        return AutoModelForCausalLM.from_pretrained(str(cfg.name_or_path), dtype=dtype, **_hub_kwargs(cfg))
+        return AutoModelForCausalLM.from_pretrained(str(cfg.name_or_path), dtype=dtype, **placed, **_hub_kwargs(cfg))
     except OSError as e:
         raise UserError(_not_found(cfg, e)) from None
 
@@ -203,13 +284,28 @@ def _not_found(cfg: Any, e: Exception) -> str:
     return f"model.name_or_path={cfg.name_or_path!r}: cannot be loaded ({str(e).splitlines()[0]}).{hint}"
 
 
-def _random_model(cfg: Any, tokenizer, dtype: torch.dtype):
-    """A small Llama with random weights (seeded) over the tokenizer's vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _random_model(cfg: Any, tokenizer, dtype: torch.dtype, device: torch.device, quantization: Any = None):
+    """Random weights (seeded): a small Llama over the tokenizer's vocabulary (`architecture`),
+    or a real model's shape (`shape`), created on its device in its dtype."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    arch = dict(cfg.architecture)
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True, **arch)
+    config = architecture_config(cfg, vocab_size=len(tokenizer))
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = (tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                                                     tokenizer.eos_token_id)
     torch.manual_seed(int(cfg.get("seed", 0)))
-    return LlamaForCausalLM(config).to(dtype)
+    if not cfg.get("shape"):   # the tests' tiny Llama: built as always (its weights are the tests' fixtures)
+        return LlamaForCausalLM(config).to(dtype)
+    if config.vocab_size < len(tokenizer):
+        raise ConfigError("model.shape", str(cfg.shape), f"its vocabulary ({config.vocab_size} tokens) is smaller "
+                          f"than the tokenizer's ({len(tokenizer)})")
+    if quantization is not None:   # quantised the way a checkpoint is: written, then loaded in 4 bits
+        import tempfile
+
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            del model
+            return AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, quantization_config=quantization,
+                                                        device_map={"": device})
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
