@@ -156,10 +156,8 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     if not any(arm.uses_llm for arm in arms.values()):
         llm = None
     else:   # before any weights are looked up: qlora's device, then whether the run fits in memory
-        finetunes = any(isinstance(arm, Finetuned) for arm in arms.values())
-        if finetunes:
-            check_quantization(llm.finetune, resolve_device(str(llm.model.device)))
-        check_memory(llm, study, split, finetunes)
+        check_quantization(llm.finetune, resolve_device(str(llm.model.device)))
+        check_memory(llm, study, split, finetunes=any(isinstance(arm, Finetuned) for arm in arms.values()))
     return Plan(study=study, options=options, arms=arms, split=split, scored_on=settings.score_on,
                 seed=int(cfg.simulate.seed), rectified=settings.rectified, ppi_predictions=str(predictions), llm=llm,
                 human=study.frame.loc[split.evaluation], tracking=groups["tracking"], tracking_uri=uri)

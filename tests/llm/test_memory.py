@@ -128,3 +128,28 @@ def test_the_qlora_preset_is_lora_with_a_4_bit_base(composer):
 
     q = quantization_config(cfg.finetune)
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("preset, model_class", [("llama3_1_8b_shape", "LlamaForCausalLM"),
+                                                 ("qwen2_5_7b_shape", "Qwen2ForCausalLM")])
+def test_a_shape_preset_loads_and_answers_when_shrunk(preset, model_class):
+    """The shape presets' loading path on this CPU: the real architecture (Qwen2's attention
+    biases, Llama 3's rope scaling, the real vocabulary) with `architecture` shrinking the sizes."""
+    from fidelity_exp.llm.engine import simulate, uniforms_for
+    from fidelity_exp.llm.interview import Renderer
+    from fidelity_exp.llm.models import load_model
+    from fidelity_exp.study import draw_split, study_from_file
+
+    cfg = OmegaConf.load(CONF / "model" / f"{preset}.yaml")
+    cfg.architecture = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "head_dim": 16}
+    cfg.device = "cpu"
+    loaded = load_model(cfg)
+    assert type(loaded.model).__name__ == model_class and loaded.dtype == torch.float32
+    assert loaded.model.config.vocab_size == architecture_config(OmegaConf.create({"shape": cfg.shape})).vocab_size
+    s = study_from_file(CONF / "data" / "anes96.yaml")
+    split = draw_split(s, n=10, seed=0, eval_n=3)
+    given = s.frame.loc[split.evaluation, s.spec.given_columns].astype(object).to_dict("records")
+    result = simulate(loaded.model, Renderer(s.spec, loaded.tokenizer), given, uniforms_for(3, len(s.spec.questions), 0))
+    for p in result.probabilities:
+        assert p.shape[0] == 3 and abs(p.sum(axis=1) - 1).max() < 1e-6   # float32 softmax

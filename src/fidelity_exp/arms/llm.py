@@ -294,7 +294,7 @@ def memory_estimate(settings: LLMSettings, study: Study, split: Split, finetunes
     twin_tokens = max(interview_lengths(renderer, study, split.evaluation, answered=False))
     segment = max(len(renderer.prompt_ids(g, [], 0)) for g in records(study.frame.loc[split.evaluation],
                                                                         study.spec.given_columns))
-    work = memory.Work(dtype_bytes=torch.finfo(dtype).bits // 8, quantized=trains and ft.method == "qlora",
+    work = memory.Work(dtype_bytes=torch.finfo(dtype).bits // 8, quantized=ft.method == "qlora",
                        finetune=trains, train_batch=int(ft.batch_size), train_tokens=train_tokens,
                        answers=len(study.spec.questions), checkpointing=bool(ft.get("gradient_checkpointing", False)),
                        cpu=device.type == "cpu", simulate_batch=min(sim.batch_size, len(split.evaluation)),

@@ -313,18 +313,19 @@ def _random_model(cfg: Any, tokenizer, dtype: torch.dtype, device: torch.device,
                                                                      tokenizer.eos_token_id)
     torch.manual_seed(int(cfg.get("seed", 0)))
     if not cfg.get("shape"):   # the tests' tiny Llama: built as always (its weights are the tests' fixtures)
-        return LlamaForCausalLM(config).to(dtype)
-    if config.vocab_size < len(tokenizer):
-        raise ConfigError("model.shape", str(cfg.shape), f"its vocabulary ({config.vocab_size} tokens) is smaller "
-                          f"than the tokenizer's ({len(tokenizer)})")
-    if quantization is not None:   # quantised the way a checkpoint is: written, then loaded in 4 bits
-        import tempfile
+        model = LlamaForCausalLM(config).to(dtype)
+    else:
+        if config.vocab_size < len(tokenizer):
+            raise ConfigError("model.shape", str(cfg.shape), f"its vocabulary ({config.vocab_size} tokens) is "
+                              f"smaller than the tokenizer's ({len(tokenizer)})")
+        with torch.device(device if quantization is None else "cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if quantization is None:
+        return model
+    import tempfile   # quantised the way a checkpoint is: written, then loaded in 4 bits
 
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
-            del model
-            return AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, quantization_config=quantization,
-                                                        device_map={"": device})
-    with torch.device(device):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        del model
+        return AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, quantization_config=quantization,
+                                                    device_map={"": device})
