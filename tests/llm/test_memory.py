@@ -153,3 +153,14 @@ def test_a_shape_preset_loads_and_answers_when_shrunk(preset, model_class):
     result = simulate(loaded.model, Renderer(s.spec, loaded.tokenizer), given, uniforms_for(3, len(s.spec.questions), 0))
     for p in result.probabilities:
         assert p.shape[0] == 3 and abs(p.sum(axis=1) - 1).max() < 1e-6   # float32 softmax
+
+
+def test_a_run_without_fine_tuning_is_estimated_for_simulation_only(composer):
+    """finetune=none has no batch size or adapter: the check estimates the stage the run has."""
+    from fidelity_exp.arms.llm import memory_estimate
+
+    cfg, choices = composer("+experiment=quickstart", "model=tiny_random", "finetune=none", "arms=[base]",
+                            "tracking.enabled=false")
+    p = plan(cfg, choices)
+    est, work, _, _ = memory_estimate(p.llm, p.study, p.split, finetunes=False)
+    assert list(est.stages) == ["simulation"] and not work.finetune and work.simulate_tokens > 0

@@ -295,7 +295,7 @@ def memory_estimate(settings: LLMSettings, study: Study, split: Split, finetunes
     segment = max(len(renderer.prompt_ids(g, [], 0)) for g in records(study.frame.loc[split.evaluation],
                                                                         study.spec.given_columns))
     work = memory.Work(dtype_bytes=torch.finfo(dtype).bits // 8, quantized=ft.method == "qlora",
-                       finetune=trains, train_batch=int(ft.batch_size), train_tokens=train_tokens,
+                       finetune=trains, train_batch=int(ft.batch_size) if trains else 0, train_tokens=train_tokens,
                        answers=len(study.spec.questions), checkpointing=bool(ft.get("gradient_checkpointing", False)),
                        cpu=device.type == "cpu", simulate_batch=min(sim.batch_size, len(split.evaluation)),
                        simulate_tokens=twin_tokens, segment_tokens=segment)
