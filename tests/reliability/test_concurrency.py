@@ -31,7 +31,7 @@ def test_four_processes_one_store_one_study_lose_nothing(tmp_path):
     study = _study(tmp_path)
     trials = study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
-    assert all(s == optuna.trial.TrialState.COMPLETE for s in states), states
+    assert all(s == optuna.trial.TrialState.COMPLETE for s in states), [(t.state, t.user_attrs.get("error")) for t in trials]
     # each process stops asking once n_trials are finished or running; racing asks may add a few
     assert TRIALS <= len(trials) <= TRIALS + PROCESSES - 1
 

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
-from fidelity_exp.errors import ConfigError
+from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.inference.regressions import TwinSets
 from fidelity_exp.llm.engine import ORDER_MODES, SimulationResult, simulate, uniforms_for
 from fidelity_exp.llm.finetune import TRAINED, check_quantization, quantization_config
@@ -270,13 +270,18 @@ def check_memory(settings: LLMSettings, study: Study, split: Split, finetunes: b
 def memory_estimate(settings: LLMSettings, study: Study, split: Split, finetunes: bool):
     """(estimate, work, device, what) of this run's LLM stages, from the architecture alone and
     the longest interviews (token counts from the model's tokenizer); None when the model's
-    architecture is unknown before loading (a hub model without `model.shape` and not cached)."""
+    architecture is unknown before loading (a hub model without `model.shape` and not cached) or
+    its tokenizer cannot be loaded (the run then fails with that message when it loads the model)."""
     from fidelity_exp.llm import memory
     from fidelity_exp.llm.models import architecture_config, cached_config, load_tokenizer, resolve_dtype
 
     model_cfg, sim = settings.model, settings.simulate
     random = model_cfg.source == "random"
-    tokenizer = load_tokenizer(model_cfg.tokenizer if random else model_cfg)
+    try:
+        tokenizer = load_tokenizer(model_cfg.tokenizer if random else model_cfg)
+    except UserError as e:   # said again, in the run, when the model loads (a failed trial keeps its run)
+        log.info("memory check skipped: the tokenizer cannot be loaded (%s)", e)
+        return None
     config = architecture_config(model_cfg, vocab_size=len(tokenizer)) or cached_config(model_cfg)
     if config is None:
         log.info("memory check skipped: model %s names no shape (model.shape) and its config.json is not in the "
