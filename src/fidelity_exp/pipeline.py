@@ -133,8 +133,12 @@ def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
     return tuple((a, b) for a in llm for b in [*bases, *baselines] if a != b)
 
 
-def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | None = None) -> Plan:
-    """The run `cfg` describes, every part read from its own config group and checked."""
+def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | None = None, *,
+         device_checks: bool = True) -> Plan:
+    """The run `cfg` describes, every part read from its own config group and checked.
+    `device_checks=False` leaves out what depends on the machine the run will use (qlora's CUDA,
+    the memory check): a sweep checks its trials' configs where it sweeps, and each trial checks
+    its device where it runs (a SLURM node, say)."""
     choices = choices or {}
     groups = check_config(cfg)             # every group's types and ranges, before the spec is read
     study = study or setup_study(cfg.data, choices.get("data"))
@@ -155,7 +159,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     llm = LLMSettings.from_config(cfg, tracking_uri=uri)   # checked even when unused
     if not any(arm.uses_llm for arm in arms.values()):
         llm = None
-    else:   # before any weights are looked up: qlora's device, then whether the run fits in memory
+    elif device_checks:   # before any weights are looked up: qlora's device, then whether the run fits in memory
         check_quantization(llm.finetune, resolve_device(str(llm.model.device)))
         check_memory(llm, study, split, finetunes=any(isinstance(arm, Finetuned) for arm in arms.values()))
     return Plan(study=study, options=options, arms=arms, split=split, scored_on=settings.score_on,

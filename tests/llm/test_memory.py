@@ -164,3 +164,26 @@ def test_a_run_without_fine_tuning_is_estimated_for_simulation_only(composer):
     p = plan(cfg, choices)
     est, work, _, _ = memory_estimate(p.llm, p.study, p.split, finetunes=False)
     assert list(est.stages) == ["simulation"] and not work.finetune and work.simulate_tokens > 0
+
+
+def test_a_cluster_sweep_leaves_the_device_checks_to_each_trial(tmp_path, monkeypatch):
+    """The sweeper checks every trial's config where it sweeps; what depends on the device (the
+    memory check, qlora's CUDA) it checks there only when the launcher runs trials on this machine."""
+    from hydra import compose, initialize_config_dir
+
+    from fidelity_exp.sweep.sweeper import trials_run_here
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        here = {launcher: trials_run_here(compose("config", overrides=[f"hydra/launcher={launcher}"],
+                                                  return_hydra_config=True).hydra.launcher)
+                for launcher in ("basic", "joblib", "submitit_local", "slurm")}
+    assert here == {"basic": True, "joblib": True, "submitit_local": True, "slurm": False}
+
+
+def test_without_device_checks_plan_leaves_memory_and_qlora_to_the_run(composer):
+    cfg, choices = composer("+experiment=quickstart", "model=llama3_1_8b_shape", "model.device=cpu", "finetune=qlora",
+                            "tracking.enabled=false")
+    with pytest.raises(ConfigError, match="CUDA GPU"):
+        plan(cfg, choices)
+    assert plan(cfg, choices, device_checks=False).llm.finetune.method == "qlora"

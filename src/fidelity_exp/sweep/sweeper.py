@@ -45,6 +45,7 @@ from fidelity_exp.tracking.mlflow_run import first_use_lock, process_alive
 log = logging.getLogger("fidelity_exp.sweep")
 SAMPLERS = ("tpe", "random", "grid")
 INTERRUPTED = "interrupted"
+REMOTE_LAUNCHERS = ("SlurmLauncher", "RayAWSLauncher")   # trials run on other machines (hydra.launcher._target_)
 
 
 def default_storage(cfg: DictConfig) -> str:
@@ -52,6 +53,13 @@ def default_storage(cfg: DictConfig) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
+
+
+def trials_run_here(launcher: Any) -> bool:
+    """Whether `hydra.launcher` runs trials on this machine: then what depends on the device
+    (qlora's CUDA, the memory check) is checked before any trial; with a cluster launcher each
+    trial checks it on its own node, in its own run."""
+    return str(launcher.get("_target_", "")).rsplit(".", 1)[-1] not in REMOTE_LAUNCHERS
 
 class OptunaSweep:
     def __init__(self, settings: Mapping[str, Any], config: DictConfig, hydra_context, launcher):
@@ -83,12 +91,14 @@ class OptunaSweep:
         """Check the configs trials will run (all of a grid's; each param's values one at a time
         for the other samplers) and the objective; returns the fixed config and the study direction."""
         base = self.compose(space.fixed)
-        fixed = pipeline.plan(base, dict(base.hydra.runtime.choices))
+        here = trials_run_here(self.config.hydra.launcher)
+        fixed = pipeline.plan(base, dict(base.hydra.runtime.choices), device_checks=here)
         points = space.grid() if self.s.sampler == "grid" else space.one_at_a_time()
         for point in points:
             cfg = self.compose(space.overrides(point))
             same_data = OmegaConf.to_yaml(cfg.data) == OmegaConf.to_yaml(base.data)
-            pipeline.plan(cfg, dict(cfg.hydra.runtime.choices), fixed.study if same_data else None)
+            pipeline.plan(cfg, dict(cfg.hydra.runtime.choices), fixed.study if same_data else None,
+                          device_checks=here)
         arms = fixed.arm_names
         objective = str(self.s.objective)
         prefix = objective.split("/", 1)[0]
