@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from fidelity_exp.errors import UserError
 
+log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 
 
@@ -93,8 +95,8 @@ def keep_converted(path: Path, part: str, save) -> None:
             os.rename(tmp, target)
         except OSError:        # already there (another process), or a file system that will not
             shutil.rmtree(tmp, ignore_errors=True)
-    except OSError:
-        pass
+    except Exception as e:     # a copy is only a speed-up: no copy, no harm
+        log.info("model files: no converted copy kept in %s (%s)", target.parent, e)
 
 
 def check_gguf(path: Path) -> None:

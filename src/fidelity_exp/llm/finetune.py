@@ -117,8 +117,8 @@ def check_quantization(cfg: Any, device: torch.device) -> None:
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("finetune", "qlora", "needs bitsandbytes, which is not installed: pip install -e '.[gpu]' "
-                          "(README, Installing on a GPU machine)")
+        raise ConfigError("finetune", "qlora", "needs bitsandbytes, which is not installed: pip install -r requirements/gpu.txt "
+                          "(the gpu extra; README, Installing on a GPU machine)")
 
 
 @dataclass
