@@ -109,13 +109,13 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     finally:
         proc.wait()
     before = {t.number: t.state.name for t in _study(tmp_path).trials}
-    assert list(before.values()).count("COMPLETE") == 2 and list(before.values()).count("RUNNING") == 1
+    assert list(before.values()).count("COMPLETE") == 2 and list(before.values()).count("RUNNING") == 1, before
 
     done = cli(*LORA, *JOBLIB, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     study = _study(tmp_path)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 3
+    assert len(complete) == 3, ({t.number: (t.state.name, t.user_attrs) for t in study.trials}, done.stderr[-2000:])
     for number, state in before.items():   # finished trials were not run again
         if state == "COMPLETE":
             assert study.trials[number].state.name == "COMPLETE"
