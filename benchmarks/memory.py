@@ -44,12 +44,11 @@ def compose(overrides: list[str]):
 def child(stage: str, overrides: list[str]) -> dict:
     from omegaconf import OmegaConf
 
-    from fidelity_exp.arms.llm import LLMSession, interview_lengths, memory_estimate, records, answers_of
+    from fidelity_exp.arms.llm import answers_of, interview_lengths, memory_estimate, records
     from fidelity_exp.llm.engine import simulate, uniforms_for
-    from fidelity_exp.llm.finetune import finetune
-    from fidelity_exp.llm.models import load_model
-    from fidelity_exp.llm.finetune import quantization_config
+    from fidelity_exp.llm.finetune import finetune, quantization_config
     from fidelity_exp.llm.interview import Renderer
+    from fidelity_exp.llm.models import load_model
     from fidelity_exp.pipeline import plan
 
     cfg, choices = compose([*overrides, "model.memory_check=false"])

@@ -27,9 +27,11 @@ from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
 from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.inference.regressions import TwinSets
 from fidelity_exp.llm.engine import ORDER_MODES, SimulationResult, simulate, uniforms_for
-from fidelity_exp.llm.finetune import TRAINED, check_quantization, quantization_config
+from fidelity_exp.llm.finetune import TRAINED, quantization_config
 from fidelity_exp.llm.interview import Renderer, interview_orders, messages
-from fidelity_exp.llm.models import load_model, resolve_device
+from fidelity_exp.llm import memory
+from fidelity_exp.llm.models import (architecture_config, cached_config, load_model, load_tokenizer, resolve_device,
+                                     resolve_dtype)
 from fidelity_exp.metrics.position import OrderScorings
 from fidelity_exp.settings import Checked, option, seed_option, typed
 from fidelity_exp.study.data import Study
@@ -106,7 +108,6 @@ class LLMSession:
     def __init__(self, settings: LLMSettings, ctx: ArmContext):
         self.settings, self.study, self.split, self.tracked = settings, ctx.study, ctx.split, ctx.tracked
         spec = self.study.spec
-        check_quantization(settings.finetune, resolve_device(str(settings.model.device)))
         self.loaded = load_model(settings.model, quantization=quantization_config(settings.finetune))
         self.renderer = Renderer(spec, self.loaded.tokenizer, show_persona=settings.simulate.show_persona)
         self.pilot_given = records(self.study.frame.loc[self.split.pilot], spec.given_columns)
@@ -258,8 +259,6 @@ def _check_local_adapter(finetune_cfg: DictConfig) -> None:
 def check_memory(settings: LLMSettings, study: Study, split: Split, finetunes: bool) -> None:
     """Refuse, before anything is loaded, a run whose estimated peak memory does not fit its
     device (llm/memory.py); `model.memory_check=false` skips it."""
-    from fidelity_exp.llm import memory
-
     if not settings.model.get("memory_check", True):
         return
     planned = memory_estimate(settings, study, split, finetunes)
@@ -272,9 +271,6 @@ def memory_estimate(settings: LLMSettings, study: Study, split: Split, finetunes
     the longest interviews (token counts from the model's tokenizer); None when the model's
     architecture is unknown before loading (a hub model without `model.shape` and not cached) or
     its tokenizer cannot be loaded (the run then fails with that message when it loads the model)."""
-    from fidelity_exp.llm import memory
-    from fidelity_exp.llm.models import architecture_config, cached_config, load_tokenizer, resolve_dtype
-
     model_cfg, sim = settings.model, settings.simulate
     random = model_cfg.source == "random"
     try:

@@ -223,8 +223,7 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
     if cfg.method == "qlora":   # norms and the head in float32, inputs that carry gradients
         from peft import prepare_model_for_kbit_training
 
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
-                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)   # the Trainer turns it on
     torch.manual_seed(int(cfg.seed))                   # LoRA's A matrices start random
     with _quiet_trainer():   # peft 0.21 asks the same deprecated property
         try:
@@ -301,12 +300,7 @@ def _answer_loss_trainer():
 
 def _sampling(group_by_length: bool) -> dict:
     """Batches of similar lengths (less padding); the argument's name changed in transformers 5."""
-    import inspect
-
-    from transformers import TrainingArguments
-
-    params = inspect.signature(TrainingArguments.__init__).parameters
-    if "train_sampling_strategy" in params:
+    if _takes("train_sampling_strategy"):
         return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
     return {"group_by_length": group_by_length}
 
@@ -314,13 +308,17 @@ def _sampling(group_by_length: bool) -> dict:
 def _checkpointing(on: bool) -> dict:
     """Gradient checkpointing (non-reentrant: frozen embeddings need no input gradients); the
     arguments were renamed activation_checkpointing in transformers 5."""
+    name = "activation_checkpointing" if _takes("activation_checkpointing") else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False}} if on else {}
+
+
+def _takes(argument: str) -> bool:
+    """Whether this transformers' `TrainingArguments` has `argument` (names moved in transformers 5)."""
     import inspect
 
     from transformers import TrainingArguments
 
-    params = inspect.signature(TrainingArguments.__init__).parameters
-    name = "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
-    return {name: on, f"{name}_kwargs": {"use_reentrant": False}} if on else {}
+    return argument in inspect.signature(TrainingArguments.__init__).parameters
 
 
 class _EpochData(torch.utils.data.Dataset):

@@ -1,6 +1,6 @@
 """Will the run fit? The peak memory of fine-tuning and of simulation, estimated before loading.
 
-`check_fits` runs in `pipeline.plan`, before the tracked run starts and before any weights are
+`arms.llm.check_memory` runs it in `pipeline.plan`, before the tracked run starts and before any weights are
 looked up: it needs the model's architecture (`model.shape`, or a random model's
 `architecture`; a hub model without a shape is looked up in the local cache's config.json),
 the dtype or 4-bit quantisation, the LoRA adapter, the batch sizes and the longest interviews
