@@ -15,7 +15,7 @@ export HF_HOME ?= $(CURDIR)/mlruns/hf_home
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup browser quickstart test ui clean-venv
+.PHONY: setup browser quickstart test cluster-up cluster-down ui clean-venv
 
 setup: $(STAMP)
 
@@ -31,8 +31,17 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 quickstart: setup
 	$(BIN)/python -m fidelity_exp +experiment=quickstart
 
+# The cluster tests (tests/cluster) need the local SLURM/PostgreSQL/MLflow-server cluster: it is
+# brought up before the suite and down after, whatever the suite's outcome.
 test: setup browser
-	$(BIN)/python -m pytest
+	$(SUDO) deploy/local_cluster.sh up
+	$(BIN)/python -m pytest; status=$$?; $(SUDO) deploy/local_cluster.sh down; exit $$status
+
+# A one-machine SLURM cluster, PostgreSQL and an MLflow tracking server (README, "Sweeps on a cluster").
+cluster-up: setup
+	$(SUDO) deploy/local_cluster.sh up
+cluster-down:
+	$(SUDO) deploy/local_cluster.sh down
 
 # The MLflow UI test drives Debian's headless chromium (no browser download): install it once.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

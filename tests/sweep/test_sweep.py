@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 import pandas as pd
 import pytest
 import yaml
@@ -91,8 +92,11 @@ def test_joblib_sweep_parent_children_study_and_idempotent_rerun(tmp_path):
 
 
 def test_killed_sweep_resumes_without_duplicates(tmp_path):
+    """SIGKILL of the sweep and its workers mid-trial: the trial's heartbeat goes stale; the same
+    command fails it with the reason (Optuna's heartbeat) and runs it again, once."""
+    beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FIDELITY_DEBUG")}
-    proc = subprocess.Popen([sys.executable, "-m", "fidelity_exp", *LORA, *JOBLIB], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "fidelity_exp", *LORA, *JOBLIB, *beat], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
@@ -111,7 +115,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     before = {t.number: t.state.name for t in _study(tmp_path).trials}
     assert list(before.values()).count("COMPLETE") == 2 and list(before.values()).count("RUNNING") == 1, before
 
-    done = cli(*LORA, *JOBLIB, cwd=tmp_path)
+    done = cli(*LORA, *JOBLIB, *beat, cwd=tmp_path)   # at once: it waits for the trial to go stale
     assert done.returncode == 0, done.stderr[-3000:]
     study = _study(tmp_path)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -121,8 +125,9 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
             assert study.trials[number].state.name == "COMPLETE"
     (interrupted,) = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert interrupted.state.name == "FAIL" and before[interrupted.number] == "RUNNING"
-    (rerun,) = [t for t in complete if t.user_attrs.get("rerun_of") == interrupted.number]
-    assert rerun.params == interrupted.params
+    assert interrupted.user_attrs["error"].startswith("interrupted: no heartbeat from its sweep process")
+    (rerun,) = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == interrupted.number]
+    assert rerun.params == interrupted.params and "error" not in rerun.user_attrs
     _, parents, children = _runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     finished = [c for c in children if c.info.status == "FINISHED"]
@@ -168,6 +173,10 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["+sweep=lora", "validation.n=0"], "score_on='validation': needs validation humans"),
     (["+sweep=lora", "simulate.option_order=choice(fixed,sideways)"], "simulate.option_order='sideways'"),
     (["+sweep=lora", "finetune.lora.rank=choice(4,0)"], "finetune.lora.rank=0: expected an integer from 1"),
+    (["+sweep=lora", "hydra.sweeper.grace_period=10"], "hydra.sweeper.grace_period=10: expected more than "
+                                                       "hydra.sweeper.heartbeat_interval (10)"),
+    (["+sweep=lora", "hydra.sweeper.max_retry=-1"], "hydra.sweeper.max_retry=-1: expected a number of retries"),
+    (["+sweep=lora", "tracking.stale_after_s=30"], "tracking.stale_after_s=30: expected more than tracking.heartbeat_s"),
 ])
 def test_bad_sweep_input_is_one_message_and_writes_nothing(tmp_path, args, message):
     done = cli("-m", "+experiment=quickstart", "model=tiny_random", *args, cwd=tmp_path)

@@ -43,6 +43,7 @@ def trials_frame(study, runs: pd.DataFrame | None) -> pd.DataFrame:
                     if t.datetime_complete and t.datetime_start else np.nan)
         rows.append({"trial": t.number, "state": t.state.name, "value": t.value, "duration_s": duration,
                      "interrupted": bool(t.user_attrs.get("interrupted", False)), "error": t.user_attrs.get("error"),
+                     "retry_of": t.system_attrs.get("failed_trial"),   # RetryHeartbeatStaleTrialCallback's record
                      **{f"param:{k}": v for k, v in t.params.items()}})
     frame = pd.DataFrame(rows)
     if runs is not None and len(runs) and len(frame):

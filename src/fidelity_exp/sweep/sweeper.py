@@ -7,29 +7,42 @@
    search, the fixed config) is checked before anything is written: bad input costs nothing.
 2. The study lives in `hydra.sweeper.storage` (sqlite at `<paths.mlruns>/optuna.db` by default,
    any SQLAlchemy URL) under a name derived from the command, so the same command resumes it:
-   finished trials are not run again, and trials a killed sweep left RUNNING (on this host, by a
-   process that no longer exists) are marked failed-interrupted and queued again.
+   finished trials are not run again.
 3. Trials are asked in batches of the launcher's width, launched, and told: the objective is
    read from the metrics each run returns; a trial that raises, or whose objective is
    undefined, is told FAIL and the sweep goes on.
-4. MLflow (runs.py): a parent run per study, a child per trial; the sweep report (report.py)
+4. Liveness is Optuna's own trial heartbeat (every RDB storage, sqlite included): the sweeper
+   beats for the trials it has launched until it tells them. A trial whose sweeper died (killed,
+   its node gone) goes stale after `grace_period`; any sweep process of the study, on any host,
+   then marks it FAIL with the reason and Optuna's RetryHeartbeatStaleTrialCallback queues it
+   again. A trial whose job ended without a result (scancel, SIGKILL, a failed node) or that was
+   stopped with the sweep (Ctrl-C, SIGTERM) is failed with the reason and queued again the same
+   way, at most `max_retry` times. A sweep ends when no trial of the study is waiting or running.
+5. MLflow (runs.py): a parent run per study, a child per trial; the sweep report (report.py)
    goes to the parent at the end.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from fidelity_exp import pipeline
 from fidelity_exp.errors import ConfigError
@@ -40,11 +53,11 @@ from fidelity_exp.paths import resolve
 from fidelity_exp.study import SplitSettings
 from fidelity_exp.sweep.runs import SweepRuns, masked
 from fidelity_exp.sweep.space import SearchSpace, parse
-from fidelity_exp.tracking.mlflow_run import first_use_lock, process_alive
+from fidelity_exp.tracking.mlflow_run import first_use_lock
 
 log = logging.getLogger("fidelity_exp.sweep")
 SAMPLERS = ("tpe", "random", "grid")
-INTERRUPTED = "interrupted"
+INTERRUPTED = "interrupted"   # user attr of a trial failed because its job or its sweeper ended without a result
 REMOTE_LAUNCHERS = ("SlurmLauncher", "RayAWSLauncher")   # trials run on other machines (hydra.launcher._target_)
 
 
@@ -61,6 +74,24 @@ def trials_run_here(launcher: Any) -> bool:
     trial checks it on its own node, in its own run."""
     return str(launcher.get("_target_", "")).rsplit(".", 1)[-1] not in REMOTE_LAUNCHERS
 
+class JobEnded(RuntimeError):
+    """A trial's job that ended without a result (scancel, SIGKILL, a failed node): what a launcher
+    returns for that trial (hydra_plugins/fidelity_exp_sweeper/slurm.py)."""
+
+
+def cancel_slurm_job(job_id: str) -> None:
+    """scancel a trial's job (`<array>_<task>`), where this host has SLURM's commands."""
+    if shutil.which("scancel") is None:
+        log.warning("SLURM job %s may still run: no scancel on this host", job_id)
+        return
+    done = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=60)
+    log.warning("cancelled SLURM job %s%s", job_id, f" ({done.stderr.strip()})" if done.returncode else "")
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 class OptunaSweep:
     def __init__(self, settings: Mapping[str, Any], config: DictConfig, hydra_context, launcher):
         self.s = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(dict(settings)), resolve=True))
@@ -72,6 +103,21 @@ class OptunaSweep:
         if self.s.sampler != "grid" and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError("hydra.sweeper.n_trials", n, "expected a positive integer")
         self.batch_size = self._batch_size()
+        for key in ("heartbeat_interval", "grace_period"):
+            value = self.s.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"hydra.sweeper.{key}", value, "expected a positive number of seconds")
+        if self.s.grace_period <= self.s.heartbeat_interval:
+            raise ConfigError("hydra.sweeper.grace_period", self.s.grace_period, "expected more than "
+                              f"hydra.sweeper.heartbeat_interval ({self.s.heartbeat_interval}): a live trial would "
+                              "look stale between two heartbeats")
+        retry = self.s.get("max_retry")
+        if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
+            raise ConfigError("hydra.sweeper.max_retry", retry, "expected a number of retries >= 0, or null (no limit)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=retry)
+        self.beating: dict[int, int] = {}   # trial number -> trial id: the trials this process heartbeats
 
     # -- set-up -----------------------------------------------------------------------------
     def _batch_size(self) -> int:
@@ -148,8 +194,13 @@ class OptunaSweep:
         base, direction = self.check(space)
         name = self.study_name(space, base)
         url = str(self.s.storage or default_storage(base))
-        with first_use_lock(url):   # several sweep processes may start on one new sqlite file at once
-            storage = optuna.storages.RDBStorage(url)
+        with first_use_lock(url), warnings.catch_warnings():   # several processes may start on one new sqlite file
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # the heartbeat, on purpose
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=int(self.s.heartbeat_interval), grace_period=int(self.s.grace_period),
+                heartbeat_stale_trial_callback=self.stale,
+                # a database server restarted under a running sweep: stale pooled connections are replaced
+                engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
             study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
         if study.direction.name.lower() != direction:
             raise ConfigError("hydra.sweeper.direction", direction, f"study {name!r} in {masked(url)} already "
@@ -169,24 +220,44 @@ class OptunaSweep:
                 "sweep.n_trials": self.s.n_trials, "sweep.batch_size": self.batch_size,
                 "sweep.launcher": self.config.hydra.launcher._target_.rsplit(".", 1)[-1]},
                 config_yaml=OmegaConf.to_yaml(task_cfg, resolve=True))
-        self.recover()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not t.user_attrs.get("heartbeat"):   # left by a version without heartbeats: one beat makes it
+                storage.record_heartbeat(t._trial_id)   # stale after grace_period unless its sweep tells it
         if self.s.sampler == "grid":
             for point in space.grid():
                 study.enqueue_trial(point, skip_if_exists=True)
 
         results: list[dict] = []
         job_idx = 0
+        beats = threading.Thread(target=self._heartbeats, name="optuna-heartbeats", daemon=True)
+        self._stopped = threading.Event()
+        previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+            else None   # scancel of the sweep's job, a cluster's preemption: the same as Ctrl-C
+        beats.start()
         try:
-            while batch := self.ask():
-                results += self.launch(batch, job_idx)
-                job_idx += len(batch)
-                if self.runs and self.s.sampler != "grid":
-                    self.runs.record_best(study, list(space.distributions))
+            while True:
+                self.recover()
+                if batch := self.ask():
+                    results += self.launch(batch, job_idx)
+                    job_idx += len(batch)
+                    if self.runs and self.s.sampler != "grid":
+                        self.runs.record_best(study, list(space.distributions))
+                    continue
+                elsewhere = self.running_elsewhere()
+                if not elsewhere:
+                    break
+                log.info("waiting for trials %s, running in other processes (or stale: then they are retried after "
+                         "hydra.sweeper.grace_period=%ss)", ", ".join(map(str, elsewhere)), self.s.grace_period)
+                time.sleep(float(self.s.heartbeat_interval))
         except BaseException as e:
             if self.runs:  # the parent is reopened when the same command runs again
                 self.runs.finish_parent("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
                                         reason=f"{type(e).__name__}: {e}")
             raise
+        finally:
+            self._stopped.set()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         self.finish(sweep_dir)
         return results
 
@@ -202,36 +273,82 @@ class OptunaSweep:
         params.update({f"sweep.space.{k}": v for k, v in space.described().items()})
         return params
 
-    def recover(self) -> None:
-        """Trials a killed sweep left RUNNING on this host: mark them interrupted, queue them again."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("sweeper_host") == self.host and not process_alive(t.user_attrs.get("sweeper_pid")):
-                log.warning("trial %d was interrupted (its sweep process is gone): running it again", t.number)
-                self.interrupt(t.number, t.params, "the sweep process ended before this trial finished")
+    # -- liveness ---------------------------------------------------------------------------
+    def _heartbeats(self) -> None:
+        """Beat for every trial this process launched and has not told yet (Optuna's heartbeat)."""
+        while not self._stopped.wait(float(self.s.heartbeat_interval)):
+            for trial_id in list(self.beating.values()):
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as e:   # the database briefly away: the next beat tries again
+                    log.debug("heartbeat of trial %s not written: %s", trial_id, e)
 
-    def interrupt(self, number: int, params: dict, reason: str) -> None:
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            self.storage.get_study_id_from_name(self.study.study_name), number)
-        self.storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
-        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        self.study.enqueue_trial(params, user_attrs={"rerun_of": number})
+    def recover(self) -> None:
+        """Trials whose sweeper stopped beating (killed, its node gone): failed with the reason and
+        retried. Optuna's fail_stale_trials fails them and calls self.stale; the reason is written
+        first, while they can still be updated (a finished trial's attributes are frozen)."""
+        stale_ids = getattr(self.storage, "_get_stale_trial_ids", None)   # fail_stale_trials' own rule
+        for trial_id in stale_ids(self.study._study_id) if stale_ids else ():
+            trial = self.storage.get_trial(trial_id)
+            reason = (f"interrupted: no heartbeat from its sweep process ({trial.user_attrs.get('sweeper_host')}, pid "
+                      f"{trial.user_attrs.get('sweeper_pid')}) for over {self.s.grace_period} s: it was killed or "
+                      "its node died")
+            try:
+                self.storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
+                self.storage.set_trial_user_attr(trial_id, "error", reason)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass   # told or failed by another process meanwhile
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def stale(self, study, trial: FrozenTrial) -> None:
+        """Optuna's heartbeat_stale_trial_callback: a trial nobody has beaten for in grace_period."""
+        reason = trial.user_attrs.get("error") or f"interrupted: no heartbeat for over {self.s.grace_period} s"
+        log.warning("trial %d is stale (%s): running it again", trial.number, reason)
+        self.give_up(trial, reason, already_failed=True)
+
+    def give_up(self, trial: FrozenTrial, reason: str, already_failed: bool = False) -> None:
+        """A trial that ended without a result through no fault of its own (its job or its sweeper
+        died, the sweep was stopped): FAIL with the reason, its run KILLED, queued again (max_retry)."""
+        fresh = copy.deepcopy(trial)   # the copy Optuna's RetryHeartbeatStaleTrialCallback queues: without the reason
+        fresh.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (INTERRUPTED, "error")}
+        self.retry(self.study, fresh)
+        self.beating.pop(trial.number, None)
+        if not already_failed:
+            self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            self.storage.set_trial_user_attr(trial._trial_id, "error", reason[:1000])
+            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         if self.runs:
-            for child in self.runs.unfinished_children(number):   # by tag: also a run whose id never reached
-                self.runs.settle_child(child, f"interrupted: {reason}", status="KILLED")   # the trial's attrs
+            for child in self.runs.unfinished_children(trial.number):   # by tag: also a run whose id never reached
+                job = self.runs.client.get_run(child).data.tags.get("slurm.job_id")   # the trial's attrs
+                if already_failed and job:   # its sweeper died, its job may still run: no trial runs unowned
+                    cancel_slurm_job(job)
+                self.runs.settle_child(child, reason, status="KILLED")
+
+    def running_elsewhere(self) -> list[int]:
+        return [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number not in self.beating]
 
     def ask(self) -> list:
         trials = self.study.get_trials(deepcopy=False)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         if self.s.sampler == "grid":
             k = min(self.batch_size, waiting)
-        else:
-            finished = sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL
-                                                               and not t.user_attrs.get(INTERRUPTED)) for t in trials)
+        else:   # a FAIL that was queued again counts through its retry
+            retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}   # the callback's record
+            finished = sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in retried)
+                           for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            k = min(self.batch_size, self.s.n_trials - finished - running)
+            k = min(self.batch_size, self.s.n_trials - finished - running)   # waiting retries are asked first
         batch = []
         for _ in range(max(k, 0)):
-            trial = self.study.ask(self.space.distributions)
+            with warnings.catch_warnings():   # "heartbeat is supposed to be used with Study.optimize": this
+                warnings.filterwarnings("ignore", "Heartbeat of storage")   # process beats itself (_heartbeats)
+                trial = self.study.ask(self.space.distributions)
+            self.beating[trial.number] = trial._trial_id
+            self.storage.record_heartbeat(trial._trial_id)   # stale-able from now on, even before the first beat
+            trial.set_user_attr("heartbeat", True)
             trial.set_user_attr("sweeper_host", self.host)
             trial.set_user_attr("sweeper_pid", self.pid)
             if self.runs:
@@ -247,15 +364,22 @@ class OptunaSweep:
         log.info("launching trials %s", ", ".join(str(t.number) for t in batch))
         try:
             returns: list = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             for trial in batch:
-                self.interrupt(trial.number, trial.params, "the sweep was stopped (Ctrl-C)")
+                self.give_up(self.storage.get_trial(trial._trial_id),
+                             f"interrupted: the sweep was stopped ({e or 'Ctrl-C'}) while this trial ran")
             raise
         except Exception as e:  # the launcher itself failed (a worker died, a cluster refused the job)
             returns = [e] * len(batch)
         results = []
         for trial, ret in zip(batch, returns):
             value, error = self.outcome(ret)
+            if isinstance(ret, JobEnded):   # not the trial's fault: failed with the reason, queued again
+                log.warning("trial %d: %s", trial.number, ret)
+                self.give_up(self.storage.get_trial(trial._trial_id), f"interrupted: {ret}")
+                results.append({"trial": trial.number, "params": trial.params, "value": None, "error": str(ret)})
+                continue
+            self.beating.pop(trial.number, None)
             if error is None:
                 self.study.tell(trial, value)
                 log.info("trial %d: %s = %.6g", trial.number, self.s.objective, value)

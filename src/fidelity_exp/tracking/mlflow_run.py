@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -63,8 +64,14 @@ class TrackingSettings(Checked):
     traces_per_arm: int = option(25, ge=0, le=10_000, what="a number of twins from 0 (no traces) to 10000")
     datasets: bool = True
     system_metrics: bool = True
+    heartbeat_s: int = option(30, ge=1, le=3600, what="seconds between a run's heartbeats, 1 to 3600")
+    stale_after_s: int = option(300, ge=2, le=7 * 86400, what="seconds without a heartbeat after which a "
+                                "RUNNING run is dead, 2 to 604800")
 
     def check(self) -> None:
+        if self.stale_after_s <= self.heartbeat_s:
+            raise ConfigError("stale_after_s", self.stale_after_s, f"expected more than tracking.heartbeat_s "
+                              f"({self.heartbeat_s}): a live run would look dead between two heartbeats")
         if self.uri is not None:
             check_uri(self.uri, "uri")
         for k, v in self.tags.items():
@@ -366,29 +373,76 @@ def process_alive(pid: Any) -> bool:
     return True
 
 
+HEARTBEAT = "fidelity.heartbeat"   # tag: unix time of the run's last sign of life, refreshed by its process
+
+
 def owner_tags() -> dict[str, str]:
-    """Which process writes a run: a run left RUNNING by a process that no longer exists was killed."""
-    return {"fidelity.host": socket.gethostname(), "fidelity.pid": str(os.getpid())}
+    """Which process writes a run (and, under SLURM, which job), and when it last said it is alive."""
+    tags = {"fidelity.host": socket.gethostname(), "fidelity.pid": str(os.getpid()), HEARTBEAT: str(int(time.time()))}
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        tags["slurm.job_id"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"   # as squeue shows it
+    elif env.get("SLURM_JOB_ID"):
+        tags["slurm.job_id"] = env["SLURM_JOB_ID"]
+    return tags
 
 
-def settle_abandoned_runs(client, experiment_id: str) -> list[str]:
-    """Mark FAILED (with the reason) the runs of this experiment that a process of this host left
-    RUNNING and that no longer exists: a SIGKILL, an out-of-memory kill or a power cut never gets to
-    mark its run. Runs of other hosts are left alone (their processes cannot be checked from here)."""
-    host = socket.gethostname()
-    found = client.search_runs([experiment_id], max_results=1000, filter_string=(
-        f"attributes.status = 'RUNNING' and tags.`fidelity.host` = '{host}'"))
+class Heartbeat:
+    """A thread that refreshes a RUNNING run's heartbeat tag every `interval` seconds, so any
+    host can tell a live run from one whose process or node died (settle_abandoned_runs)."""
+
+    def __init__(self, client, run_id: str, interval: float):
+        self.client, self.run_id, self.interval = client, run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT, str(int(time.time())))
+            except Exception as e:   # a store that is briefly away must not fail the run
+                log.debug("heartbeat of run %s not written: %s", self.run_id, e)
+
+
+def abandoned(run, stale_after_s: float, now: float | None = None) -> str | None:
+    """Why a RUNNING run is dead, or None while it may be alive: its process on this host is
+    gone, or (any host) its heartbeat is older than `stale_after_s`."""
+    tags = run.data.tags
+    host, pid = tags.get("fidelity.host"), tags.get("fidelity.pid")
+    if host == socket.gethostname() and pid is not None and not process_alive(pid):
+        return f"interrupted: process {pid} on {host} ended without finishing this run (killed or crashed)"
+    beat = tags.get(HEARTBEAT)
+    if beat is None or not beat.isdigit():
+        return None   # a run from before heartbeats, of another host: cannot be judged from here
+    silent = (time.time() if now is None else now) - int(beat)
+    if silent > stale_after_s:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(beat)))
+        return (f"interrupted: no heartbeat from process {pid} on {host} since {when} ({silent:.0f} s > "
+                f"tracking.stale_after_s={stale_after_s:g}): its process or node died")
+    return None
+
+
+def settle_abandoned_runs(client, experiment_id: str, stale_after_s: float = 300) -> list[str]:
+    """Mark FAILED, with the reason, the RUNNING runs of this experiment that are dead: a SIGKILL,
+    an out-of-memory kill, a cancelled job or a vanished node never gets to mark its run."""
+    found = client.search_runs([experiment_id], max_results=1000, filter_string="attributes.status = 'RUNNING'")
     settled = []
     for run in found:
-        pid = run.data.tags.get("fidelity.pid")
-        if pid is None or process_alive(pid):
+        reason = abandoned(run, stale_after_s)
+        if reason is None:
             continue
-        client.set_tag(run.info.run_id, "error", f"interrupted: process {pid} on {host} ended without finishing "
-                                                 "this run (killed or crashed); marked on the next start")
+        client.set_tag(run.info.run_id, "error", reason + "; marked by the next run's start")
         client.set_terminated(run.info.run_id, status="FAILED")
         settled.append(run.info.run_id)
-        log.warning("run %s was left RUNNING by process %s, which no longer exists: marked FAILED",
-                    run.info.run_id, pid)
+        log.warning("run %s was left RUNNING by a process that is gone: marked FAILED (%s)", run.info.run_id, reason)
     return settled
 
 
@@ -403,7 +457,7 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
     client = open_client(uri)
     experiment_id = get_or_create_experiment(client, str(cfg.tracking.experiment), cfg.tracking.get("artifact_root"),
                                              uri)
-    settle_abandoned_runs(client, experiment_id)
+    settle_abandoned_runs(client, experiment_id, cfg.tracking.get("stale_after_s", 300))
     from fidelity_exp.tracking.notebook import source_tags
 
     all_tags = {"mlflow.runName": run_name, **source_tags(), **git_state(), **owner_tags(),
@@ -412,6 +466,9 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
     given = cfg.tracking.get("run_id")
     if given:
         run = client.get_run(str(given))
+        if run.info.status in ("FINISHED", "FAILED", "KILLED"):   # e.g. a trial's job that started after its
+            raise UserError(f"tracking.run_id={given}: that run already ended ({run.info.status}: "   # sweep gave it up
+                            f"{run.data.tags.get('error', 'no reason given')}); not running it again")
         tracked = TrackedRun(client, run.info.run_id)
         # owner tags first: a run is never RUNNING without saying which process runs it
         tracked.set_tags({k: v for k, v in all_tags.items() if k != "mlflow.runName" or not run.info.run_name})
@@ -420,8 +477,9 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         tracked = TrackedRun(client, run.info.run_id)
     try:
-        yield tracked
-        tracked.finish()
+        with Heartbeat(client, run.info.run_id, cfg.tracking.get("heartbeat_s", 30)):
+            yield tracked
+            tracked.finish()
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         try:
