@@ -11,14 +11,26 @@
 #   deploy/local_cluster.sh env       the exports that point a shell at it (eval "$(... env)")
 #   deploy/local_cluster.sh purge     down, then delete the state directory
 #
-# Everything lives under one state directory ($FIDELITY_CLUSTER_DIR, default mlruns/cluster) and
+# Everything lives under one state directory ($FIDELITY_CLUSTER_DIR, default mlruns/cluster, or a
+# folder in /var/tmp where PostgreSQL's user cannot reach the checkout) and
 # every port is bound to 127.0.0.1 (slurmctld and slurmd cannot be bound to one address: they
 # listen on all, on the ports below). Needs root, or sudo, for apt and for the daemons that
 # switch users (PostgreSQL and MariaDB run as their own users, SLURM as root).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-STATE="${FIDELITY_CLUSTER_DIR:-$REPO/mlruns/cluster}"
+# PostgreSQL and MariaDB run as their own users: they must be able to reach the state folder.
+# Under a checkout they cannot reach (say in /root, mode 700), the default is a folder in /var/tmp.
+reachable() {  # every existing folder above $1 lets other users through (o+x)
+  local p="$1"
+  while [ "$p" != / ] && [ -n "$p" ]; do
+    if [ -e "$p" ] && [ $(( 0$(stat -c %a "$p") & 1 )) -ne 1 ]; then return 1; fi
+    p="$(dirname "$p")"
+  done
+}
+if reachable "$REPO/mlruns"; then DEFAULT_STATE="$REPO/mlruns/cluster"
+else DEFAULT_STATE="/var/tmp/fidelity_cluster-$(printf %s "$REPO" | cksum | cut -d' ' -f1)"; fi
+STATE="${FIDELITY_CLUSTER_DIR:-$DEFAULT_STATE}"
 VENV="${VENV:-$REPO/.venv}"
 PG_PORT="${FIDELITY_PG_PORT:-55432}"
 DB_PORT="${FIDELITY_MARIADB_PORT:-53306}"
