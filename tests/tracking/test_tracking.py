@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from fidelity_exp import pipeline
-from fidelity_exp.errors import ConfigError
+from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.study import draw_split, load_study, spec_from_config
 from fidelity_exp.tracking import start_run, tracking_uri
 
@@ -94,6 +95,38 @@ def test_a_failing_run_is_marked_failed_with_the_reason(composer):
     _, runs = _runs(tracking_uri(cfg), "failing")
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.tags["error"] == "RuntimeError: simulated crash"
+
+
+def test_runs_of_other_hosts_are_judged_by_their_heartbeat(composer):
+    """A RUNNING run whose heartbeat is older than tracking.stale_after_s (its node vanished) is
+    marked FAILED with the reason by the next run's start; one with a fresh heartbeat is left alone."""
+    cfg, _ = composer("tracking.experiment=hosts", "tracking.stale_after_s=60")
+    client = MlflowClient(tracking_uri(cfg))
+    experiment = client.create_experiment("hosts")
+    now = int(time.time())
+    dead, alive = (client.create_run(experiment, tags={"fidelity.host": "node-7", "fidelity.pid": "4242",
+                                                       "fidelity.heartbeat": str(beat)}).info.run_id
+                   for beat in (now - 600, now - 5))
+    with start_run(cfg, run_name="next", tags={}):
+        pass
+    assert client.get_run(alive).info.status == "RUNNING"
+    gone = client.get_run(dead)
+    assert gone.info.status == "FAILED"
+    assert gone.data.tags["error"].startswith("interrupted: no heartbeat from process 4242 on node-7 since ")
+    assert "tracking.stale_after_s=60" in gone.data.tags["error"]
+
+
+def test_a_trial_run_given_up_before_its_job_started_is_not_run(composer):
+    cfg, _ = composer("tracking.experiment=given_up")
+    client = MlflowClient(tracking_uri(cfg))
+    run_id = client.create_run(client.create_experiment("given_up")).info.run_id
+    client.set_tag(run_id, "error", "interrupted: no heartbeat from its sweep process")
+    client.set_terminated(run_id, status="KILLED")
+    cfg, _ = composer("tracking.experiment=given_up", f"tracking.run_id={run_id}")
+    with pytest.raises(UserError, match=f"tracking.run_id={run_id}: that run already ended \\(KILLED: interrupted"):
+        with start_run(cfg, run_name="late", tags={}):
+            raise AssertionError("the job ran")
+    assert client.get_run(run_id).info.status == "KILLED"
 
 
 def test_bad_input_creates_no_run(composer, tmp_path):
