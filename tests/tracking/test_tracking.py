@@ -129,6 +129,53 @@ def test_a_trial_run_given_up_before_its_job_started_is_not_run(composer):
     assert client.get_run(run_id).info.status == "KILLED"
 
 
+def test_two_runs_logging_one_dataset_at_once_both_get_it(composer, tmp_path):
+    """MLflow's SQL store looks a dataset up, then inserts it: two parallel trials logging the same
+    pilot both miss it and one insert fails on the unique key (seen in CI: a trial FAILED). Both
+    lookups are made to happen before either insert (a hook on the store's own engine holds each
+    first insert until the other run reaches its own); both runs must end up with the dataset."""
+    import threading
+
+    import sqlalchemy
+
+    from fidelity_exp.tracking.mlflow_run import TrackedRun
+    from fidelity_exp.tracking.notebook import log_datasets
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/race.db")
+    experiment = client.create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
+    runs = [TrackedRun(client, client.create_run(experiment).info.run_id) for _ in range(2)]
+    frame = pd.DataFrame({"x": [1, 2, 3]})
+    both_looked, held = threading.Barrier(2, timeout=20), set()
+
+    def hold_first_insert(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO DATASETS") and threading.get_ident() not in held:
+            held.add(threading.get_ident())
+            both_looked.wait()
+
+    engine = client._tracking_client.store.engine
+    sqlalchemy.event.listen(engine, "before_cursor_execute", hold_first_insert)
+    errors = []
+
+    def log(run):
+        try:
+            log_datasets(run, [("pilot", frame, "training")], source="test")
+        except Exception as e:   # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=log, args=(run,)) for run in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", hold_first_insert)
+    assert len(held) == 2, "the two inserts did not race"
+    assert errors == []
+    for run in runs:
+        assert [d.dataset.name for d in client.get_run(run.run_id).inputs.dataset_inputs] == ["pilot"]
+
+
 def test_bad_input_creates_no_run(composer, tmp_path):
     cfg, choices = composer("+experiment=quickstart", "pilot.n=5000")
     with pytest.raises(ConfigError, match="pilot.n=5000"):

@@ -43,6 +43,8 @@ SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "d
 KEY = r"(?!.*\.\.)(?!/)[\w .\-/]{1,250}"    # MLflow's rule for param, metric and tag keys
 MAX_NAME = 250                              # run names and tag keys
 MAX_TAG_VALUE = 8000
+DATASET_ATTEMPTS = 5                        # TrackedRun.log_inputs against concurrent inserts
+DUPLICATE_KEY = re.compile(r"UNIQUE constraint failed|IntegrityError|duplicate key value", re.I)
 
 
 @dataclass
@@ -300,8 +302,23 @@ class TrackedRun:
 
     @_timed
     def log_inputs(self, inputs) -> None:
-        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the run."""
-        self.client.log_inputs(self.run_id, datasets=list(inputs))
+        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the run.
+
+        MLflow's SQL store looks a dataset up, then inserts it when missing: two runs of one
+        experiment logging the same dataset at once (parallel trials of a sweep) can both miss it,
+        and the second insert fails on the unique key (name, digest). Its transaction is rolled
+        back whole, so trying again finds the first one's dataset and only links it to this run."""
+        from mlflow.exceptions import MlflowException
+
+        inputs = list(inputs)
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException as e:
+                if attempt == DATASET_ATTEMPTS - 1 or not DUPLICATE_KEY.search(str(e)):
+                    raise
+                log.debug("dataset inputs of run %s raced another run's (%s); trying again", self.run_id, e)
 
     @_timed
     def log_params(self, params: Mapping[str, str]) -> None:
