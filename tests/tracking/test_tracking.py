@@ -129,6 +129,7 @@ def test_a_trial_run_given_up_before_its_job_started_is_not_run(composer):
     assert client.get_run(run_id).info.status == "KILLED"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")   # MLflow's pandas calls, in threads
 def test_two_runs_logging_one_dataset_at_once_both_get_it(composer, tmp_path):
     """MLflow's SQL store looks a dataset up, then inserts it: two parallel trials logging the same
     pilot both miss it and one insert fails on the unique key (seen in CI: a trial FAILED). Both
@@ -144,7 +145,7 @@ def test_two_runs_logging_one_dataset_at_once_both_get_it(composer, tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/race.db")
     experiment = client.create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
     runs = [TrackedRun(client, client.create_run(experiment).info.run_id) for _ in range(2)]
-    frame = pd.DataFrame({"x": [1, 2, 3]})
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=pd.Index(["a", "b", "c"], name="id"))
     both_looked, held = threading.Barrier(2, timeout=20), set()
 
     def hold_first_insert(conn, cursor, statement, parameters, context, executemany):
@@ -174,6 +175,18 @@ def test_two_runs_logging_one_dataset_at_once_both_get_it(composer, tmp_path):
     assert errors == []
     for run in runs:
         assert [d.dataset.name for d in client.get_run(run.run_id).inputs.dataset_inputs] == ["pilot"]
+
+
+def test_a_run_shorter_than_the_sampling_interval_still_has_system_metrics(tmp_path):
+    from fidelity_exp.tracking.notebook import system_metrics
+
+    uri = f"sqlite:///{tmp_path}/short.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("short")).info.run_id
+    with system_metrics(run_id, uri, enabled=True):
+        time.sleep(0.5)   # far below MLflow's 10 s interval
+    metrics = client.get_run(run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
 
 
 def test_bad_input_creates_no_run(composer, tmp_path):

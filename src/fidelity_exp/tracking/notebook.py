@@ -171,7 +171,9 @@ def _plain(value: Any) -> Any:
 @contextlib.contextmanager
 def system_metrics(run_id: str, tracking_uri: str, enabled: bool) -> Iterator[None]:
     """MLflow's system metrics (CPU, memory, disk, network; GPU when there is one) sampled into
-    the run every 10 s while the body runs."""
+    the run every 10 s while the body runs. MLflow's monitor publishes a sample only after a full
+    interval, so a run shorter than that would have none: the one taken at the start is then
+    published when the body ends."""
     if not enabled:
         yield
         return
@@ -186,6 +188,14 @@ def system_metrics(run_id: str, tracking_uri: str, enabled: bool) -> Iterator[No
         yield
     finally:
         monitor.finish()
+        if getattr(monitor, "_logging_step", 1) == 0:   # nothing published: a run shorter than the interval
+            try:
+                if not monitor.aggregate_metrics():   # ended before the monitor's thread took its first sample
+                    monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+            except Exception as e:   # MLflow's own monitor swallows its logging errors too
+                log.debug("the short run's system metrics were not logged: %s", e)
 
 
 NOTE_LIMIT = 5900   # characters MLflow keeps of a tag value here (tracking.mlflow_run.MAX_PARAM_LENGTH)
