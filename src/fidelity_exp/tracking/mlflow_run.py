@@ -43,7 +43,7 @@ SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "d
 KEY = r"(?!.*\.\.)(?!/)[\w .\-/]{1,250}"    # MLflow's rule for param, metric and tag keys
 MAX_NAME = 250                              # run names and tag keys
 MAX_TAG_VALUE = 8000
-DATASET_ATTEMPTS = 5                        # TrackedRun.log_inputs against concurrent inserts
+RACE_ATTEMPTS = 5                           # retry_lost_race
 DUPLICATE_KEY = re.compile(r"UNIQUE constraint failed|IntegrityError|duplicate key value", re.I)
 
 
@@ -236,6 +236,22 @@ def git_state() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
+def retry_lost_race(write, what: str):
+    """`write()`, tried again when it lost a race on a unique key. MLflow's SQL store looks a row
+    up, then inserts it when missing (a dataset of the experiment, an experiment tag): two
+    processes doing so at once (parallel trials of a sweep) both miss it, and the second insert
+    fails. Its transaction is rolled back whole, so the next try finds the first one's row."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(RACE_ATTEMPTS):
+        try:
+            return write()
+        except MlflowException as e:
+            if attempt == RACE_ATTEMPTS - 1 or not DUPLICATE_KEY.search(str(e)):
+                raise
+            log.debug("%s raced another process's write (%s); trying again", what, e)
+
+
 def _timed(method):
     """Add the time a write takes to `TrackedRun.seconds` (the tracking overhead of a run)."""
     @functools.wraps(method)
@@ -302,23 +318,10 @@ class TrackedRun:
 
     @_timed
     def log_inputs(self, inputs) -> None:
-        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the run.
-
-        MLflow's SQL store looks a dataset up, then inserts it when missing: two runs of one
-        experiment logging the same dataset at once (parallel trials of a sweep) can both miss it,
-        and the second insert fails on the unique key (name, digest). Its transaction is rolled
-        back whole, so trying again finds the first one's dataset and only links it to this run."""
-        from mlflow.exceptions import MlflowException
-
+        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the run; parallel trials log
+        the same dataset into one experiment (`retry_lost_race`)."""
         inputs = list(inputs)
-        for attempt in range(DATASET_ATTEMPTS):
-            try:
-                self.client.log_inputs(self.run_id, datasets=inputs)
-                return
-            except MlflowException as e:
-                if attempt == DATASET_ATTEMPTS - 1 or not DUPLICATE_KEY.search(str(e)):
-                    raise
-                log.debug("dataset inputs of run %s raced another run's (%s); trying again", self.run_id, e)
+        retry_lost_race(lambda: self.client.log_inputs(self.run_id, datasets=inputs), f"dataset inputs of run {self.run_id}")
 
     @_timed
     def log_params(self, params: Mapping[str, str]) -> None:

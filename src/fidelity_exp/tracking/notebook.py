@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 
 from fidelity_exp.study.spec import StudySpec
+from fidelity_exp.tracking.mlflow_run import retry_lost_race
 
 log = logging.getLogger(__name__)
 NOTE = "mlflow.note.content"
@@ -62,7 +63,12 @@ def _user() -> str:
 
 
 def describe_experiment(client, experiment_id: str, spec: StudySpec) -> None:
-    """The experiment's description, once (a user's own edit in the UI is kept)."""
+    """The experiment's description, once (a user's own edit in the UI is kept); parallel trials
+    starting together may race to write it (`retry_lost_race`: the loser finds it written)."""
+    retry_lost_race(lambda: _describe(client, experiment_id, spec), f"the description of experiment {experiment_id}")
+
+
+def _describe(client, experiment_id: str, spec: StudySpec) -> None:
     experiment = client.get_experiment(experiment_id)
     if experiment.tags.get(NOTE):
         return
