@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -126,7 +127,9 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path):
     (interrupted,) = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert interrupted.state.name == "FAIL" and before[interrupted.number] == "RUNNING"
     assert interrupted.user_attrs["error"].startswith("interrupted: no heartbeat from its sweep process")
-    (rerun,) = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == interrupted.number]
+    with warnings.catch_warnings():   # Optuna calls its own record of retries experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        (rerun,) = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == interrupted.number]
     assert rerun.params == interrupted.params and "error" not in rerun.user_attrs
     _, parents, children = _runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
