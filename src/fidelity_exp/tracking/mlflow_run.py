@@ -321,7 +321,8 @@ class TrackedRun:
         """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the run; parallel trials log
         the same dataset into one experiment (`retry_lost_race`)."""
         inputs = list(inputs)
-        retry_lost_race(lambda: self.client.log_inputs(self.run_id, datasets=inputs), f"dataset inputs of run {self.run_id}")
+        retry_lost_race(lambda: self.client.log_inputs(self.run_id, datasets=inputs),
+                        f"dataset inputs of run {self.run_id}")
 
     @_timed
     def log_params(self, params: Mapping[str, str]) -> None:
