@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ..tracking.races import RACES, race_two_trials
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "local_cluster.sh"
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -224,3 +226,22 @@ def test_the_sweep_goes_on_through_a_postgresql_restart(cluster, tmp_path):
     assert _points(study, "COMPLETE") == [(30, 0), (30, 1), (60, 0), (60, 1)] and len(study.trials) == 4, out[-3000:]
     parents, children = _runs(client, name)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")   # MLflow's pandas calls, in threads
+@pytest.mark.parametrize("table", sorted(RACES))
+def test_two_trials_writing_one_row_at_once_both_succeed_on_postgresql(cluster, table, tmp_path):
+    """The race of tests/tracking (MLflow's look-up-then-insert of a dataset or the experiment's
+    description) on the cluster's PostgreSQL, whose error differs from sqlite's ("duplicate key
+    value violates unique constraint"): in a scratch database, dropped afterwards."""
+    state = Path(cluster["FIDELITY_CLUSTER_DIR"])
+    port = cluster["FIDELITY_OPTUNA_STORAGE"].rsplit(":", 1)[1].split("/", 1)[0]
+    psql = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql", "-h", str(state / "run"),
+            "-p", port, "-U", "postgres", "-qAt", "-c"]
+    database = f"race_{uuid.uuid4().hex[:8]}"
+    subprocess.run([*psql, f"CREATE DATABASE {database} OWNER fidelity"], check=True, capture_output=True)
+    try:
+        uri = cluster["FIDELITY_OPTUNA_STORAGE"].rsplit("/", 1)[0] + f"/{database}"
+        race_two_trials(uri, table, tmp_path)
+    finally:   # FORCE: MLflow's engine in this process still holds connections to it
+        subprocess.run([*psql, f"DROP DATABASE {database} WITH (FORCE)"], check=True, capture_output=True)

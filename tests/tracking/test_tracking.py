@@ -7,7 +7,6 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from fidelity_exp import pipeline
@@ -15,7 +14,7 @@ from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.study import draw_split, load_study, spec_from_config
 from fidelity_exp.tracking import start_run, tracking_uri
 
-from ..conftest import tiny_frame, tiny_spec
+from .races import RACES, race_two_trials
 
 
 SMALL = ("metrics.bootstrap=10", "metrics.reference_splits=2", "metrics.permutations=10")
@@ -132,71 +131,14 @@ def test_a_trial_run_given_up_before_its_job_started_is_not_run(composer):
     assert client.get_run(run_id).info.status == "KILLED"
 
 
-def _log_pilot(client, experiment, run_id, tmp_path):
-    from fidelity_exp.tracking.mlflow_run import TrackedRun
-    from fidelity_exp.tracking.notebook import log_datasets
-
-    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=pd.Index(["a", "b", "c"], name="id"))
-    log_datasets(TrackedRun(client, run_id), [("pilot", frame, "training")], source="test")
-
-
-def _describe(client, experiment, run_id, tmp_path):
-    from fidelity_exp.study import load_spec_file
-    from fidelity_exp.tracking.notebook import describe_experiment
-
-    describe_experiment(client, experiment, load_spec_file(tmp_path / "spec.yaml"))
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")   # MLflow's pandas calls, in threads
-@pytest.mark.parametrize("write, table", [(_log_pilot, "datasets"), (_describe, "experiment_tags")])
-def test_two_trials_writing_one_row_at_once_both_succeed(write, table, tmp_path):
+@pytest.mark.parametrize("table", sorted(RACES))
+def test_two_trials_writing_one_row_at_once_both_succeed(table, tmp_path):
     """MLflow's SQL store looks a row up, then inserts it when missing (a dataset of the
     experiment, the experiment's description): two parallel trials both miss it and one insert
-    fails on the unique key (seen in CI: a trial FAILED). Both lookups are made to happen before
-    either insert (a hook on the store's own engine holds each first insert until the other
-    trial reaches its own); both must succeed."""
-    import threading
-
-    import sqlalchemy
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/race.db")
-    experiment = client.create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
-    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
-    tiny_frame().to_csv(tmp_path / "tiny.csv", index=False)   # the study _describe names
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(tiny_spec(tmp_path / "tiny.csv")))
-    both_looked, held = threading.Barrier(2, timeout=20), set()
-
-    def hold_first_insert(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith(f"INSERT INTO {table.upper()}") \
-                and threading.get_ident() not in held:
-            held.add(threading.get_ident())
-            both_looked.wait()
-
-    engine = client._tracking_client.store.engine
-    sqlalchemy.event.listen(engine, "before_cursor_execute", hold_first_insert)
-    errors = []
-
-    def one(run_id):
-        try:
-            write(client, experiment, run_id, tmp_path)
-        except Exception as e:   # noqa: BLE001 - reported below
-            errors.append(e)
-
-    try:
-        threads = [threading.Thread(target=one, args=(run_id,)) for run_id in runs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-    finally:
-        sqlalchemy.event.remove(engine, "before_cursor_execute", hold_first_insert)
-    assert len(held) == 2, "the two inserts did not race"
-    assert errors == []
-    if write is _log_pilot:
-        for run_id in runs:
-            assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["pilot"]
-    else:
-        assert client.get_experiment(experiment).tags["mlflow.note.content"].startswith("Study **tiny**")
+    fails on the unique key (seen in CI: a trial FAILED). Here on sqlite; on PostgreSQL in
+    tests/cluster."""
+    race_two_trials(f"sqlite:///{tmp_path}/race.db", table, tmp_path)
 
 
 def test_a_run_shorter_than_the_sampling_interval_still_has_system_metrics(tmp_path):
