@@ -23,6 +23,7 @@ from ..tracking.races import RACES, race_two_trials
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "local_cluster.sh"
+PG_BIN = "/usr/lib/postgresql/15/bin"   # local_cluster.sh's PG_BIN
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 # 4 tiny_random trials; no traces and no system metrics: trials are short and mostly computing
@@ -71,6 +72,11 @@ def _wait(predicate, timeout: float, what: str):
             return value
         time.sleep(1)
     raise AssertionError(f"waited {timeout:.0f} s for {what}")
+
+
+def _postgres(tool: str, *args: str) -> None:
+    """One of PostgreSQL's programs, as the postgres user (how local_cluster.sh runs them)."""
+    subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/{tool}", *args], check=True, capture_output=True)
 
 
 def _study(cluster, name: str) -> optuna.Study:
@@ -213,8 +219,7 @@ def test_the_sweep_goes_on_through_a_postgresql_restart(cluster, tmp_path):
     try:
         # while the first two trials compute (fine-tuning: nothing to write), PostgreSQL goes away and comes back
         _wait(lambda: sum(c.info.status == "RUNNING" for c in _runs(client, name)[1]) == 2, 300, "two running trials")
-        pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(state / "postgres")]
-        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+        _postgres("pg_ctl", "-D", str(state / "postgres"), "-m", "fast", "-w", "stop")
         time.sleep(5)
         subprocess.run(["bash", str(SCRIPT), "up"], check=True, capture_output=True)
         out, _ = proc.communicate(timeout=900)
@@ -234,14 +239,12 @@ def test_two_trials_writing_one_row_at_once_both_succeed_on_postgresql(cluster, 
     """The race of tests/tracking (MLflow's look-up-then-insert of a dataset or the experiment's
     description) on the cluster's PostgreSQL, whose error differs from sqlite's ("duplicate key
     value violates unique constraint"): in a scratch database, dropped afterwards."""
-    state = Path(cluster["FIDELITY_CLUSTER_DIR"])
     port = cluster["FIDELITY_OPTUNA_STORAGE"].rsplit(":", 1)[1].split("/", 1)[0]
-    psql = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql", "-h", str(state / "run"),
-            "-p", port, "-U", "postgres", "-qAt", "-c"]
+    psql = ("psql", "-h", str(Path(cluster["FIDELITY_CLUSTER_DIR"]) / "run"), "-p", port, "-U", "postgres", "-qAt", "-c")
     database = f"race_{uuid.uuid4().hex[:8]}"
-    subprocess.run([*psql, f"CREATE DATABASE {database} OWNER fidelity"], check=True, capture_output=True)
+    _postgres(*psql, f"CREATE DATABASE {database} OWNER fidelity")
     try:
         uri = cluster["FIDELITY_OPTUNA_STORAGE"].rsplit("/", 1)[0] + f"/{database}"
         race_two_trials(uri, table, tmp_path)
     finally:   # FORCE: MLflow's engine in this process still holds connections to it
-        subprocess.run([*psql, f"DROP DATABASE {database} WITH (FORCE)"], check=True, capture_output=True)
+        _postgres(*psql, f"DROP DATABASE {database} WITH (FORCE)")
