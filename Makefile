@@ -33,9 +33,18 @@ quickstart: setup
 
 # The cluster tests (tests/cluster) need the local SLURM/PostgreSQL/MLflow-server cluster: it is
 # brought up before the suite and down after, whatever the suite's outcome.
-test: setup browser
+test: setup browser $(QLORA)
 	$(SUDO) deploy/local_cluster.sh up
 	$(BIN)/python -m pytest; status=$$?; $(SUDO) deploy/local_cluster.sh down; exit $$status
+
+# finetune=qlora's path runs in the tests on bitsandbytes' CPU backend (tests/llm/test_qlora.py): the
+# pinned bitsandbytes of requirements/gpu.txt goes into a folder of its own, on the path of that
+# test's process only (the CPU install itself stays without it).
+QLORA := $(VENV)/qlora/.installed
+$(QLORA): requirements/gpu.txt $(STAMP)
+	rm -rf $(VENV)/qlora
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/qlora -r requirements/gpu.txt
+	touch $@
 
 # A one-machine SLURM cluster, PostgreSQL and an MLflow tracking server (README, "Sweeps on a cluster").
 cluster-up: setup

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from fidelity_exp.errors import ConfigError, UserError
+from fidelity_exp.errors import ArmFailed, ConfigError, UserError
 from fidelity_exp.llm.interview import Renderer, interview_orders
 from fidelity_exp.llm.models import LoadedModel
 from fidelity_exp.settings import Checked, option, seed_option, typed
@@ -263,15 +263,34 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
 
             trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
+        before = _trainable(model)
         with _quiet_trainer():
             trainer.train()
         result.seconds = time.perf_counter() - start
+        check_changed(before, model, len(result.losses))
     result.tokens = collator.tokens
     result.served = dict(dataset.served) if dataset.per_epoch else {}
     model.eval()
     log.info("fine-tuned on %d pilot interviews: %d steps, loss %.3f -> %.3f, %.0f tokens/s", len(rows),
              len(result.losses), result.losses[0], result.losses[-1], result.tokens_per_s)
     return result
+
+
+def _trainable(model: Any) -> dict[str, torch.Tensor]:
+    """A copy of the adapter's weights (what training may change; a few MB even at 8B)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def check_changed(before: Mapping[str, torch.Tensor], model: Any, steps: int) -> None:
+    """Training that left every adapter weight exactly as it started had a zero gradient at
+    every step (the optimizer moves a weight whenever its gradient is not zero): the adapter
+    is the identity and a `finetuned` arm would be the base model under another name. Seen
+    with bitsandbytes 0.50's CPU backend, whose inference layout of 4-bit weights is not
+    differentiable; any other break between the loss and the adapter ends the same way."""
+    if all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if n in before):
+        raise ArmFailed(f"finetuned: fine-tuning changed nothing: after {steps} steps every one of the adapter's "
+                        f"{len(before)} weight matrices is exactly as it started, so no gradient reached it; the "
+                        "fine-tuned model would be the base model (no adapter is logged or registered)")
 
 
 def answer_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

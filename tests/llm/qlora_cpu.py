@@ -1,0 +1,59 @@
+"""finetune=qlora carried out on bitsandbytes' CPU backend: run by `test_qlora.py` in a process of
+its own, with bitsandbytes on its path (the suite's own process never imports it).
+
+A run refuses qlora on a CPU in its plan (one clear message: the product is CUDA-only for users).
+This script plans with `device_checks=False`, as a sweep does for trials it leaves to their
+nodes, and carries the run out as `pipeline.run` does (log_setup, carry_out): the base weights loaded in 4 bits
+(bitsandbytes' Linear4bit), `prepare_model_for_kbit_training`, LoRA trained by the Trainer with
+gradient checkpointing, the adapter logged and registered, both LLM arms simulated and scored.
+It counts the 4-bit layers' forward calls (the real ones, passed through) to show they did the
+work, and writes what it saw to `<root>/qlora.json`.
+
+    python tests/llm/qlora_cpu.py ROOT [OVERRIDE ...]
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+from pathlib import Path
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def main(root: Path, overrides: list[str]) -> None:
+    import bitsandbytes
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from fidelity_exp import pipeline, tracking
+
+    calls: collections.Counter = collections.Counter()
+    real_forward = bitsandbytes.nn.Linear4bit.forward
+
+    def counted(self, x, *args, **kwargs):
+        calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        return real_forward(self, x, *args, **kwargs)
+
+    bitsandbytes.nn.Linear4bit.forward = counted
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root={root}", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    p = pipeline.plan(cfg, choices, device_checks=False)
+    with tracking.start_run(cfg, run_name="qlora-cpu", tags={}) as tracked:
+        pipeline.log_setup(tracked, cfg, p)
+        metrics = pipeline.carry_out(p, root / "out", tracked)
+        run_id = tracked.run_id
+    (root / "qlora.json").write_text(json.dumps({
+        "bitsandbytes": bitsandbytes.__version__, "calls": dict(calls), "run_id": run_id,
+        "tracking_uri": tracking.tracking_uri(cfg), "metrics": metrics}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])
