@@ -7,6 +7,7 @@
 #
 #   OUT=/tmp/out bash benchmarks/paper_scale.sh                  # on the GPU machine
 #   SHRINK=1 OUT=/tmp/out bash benchmarks/paper_scale.sh         # the plumbing, on a CPU, 2-layer shapes
+#   OUT=/tmp/out bash benchmarks/device_kit.sh run               # on a machine without network (prepare first)
 #
 # The shapes borrow SmolLM2's tokenizer: from the GGUF file when it is installed, else from
 # TOKENIZER_DIR (a folder saved with tokenizer.save_pretrained, e.g. the converted copy that
@@ -41,7 +42,10 @@ for shape in $SHAPES; do
     model=$(preset "$shape")
     echo "== $shape" >&2
     if [ -z "${SHRINK:-}" ]; then   # the memory benchmark composes conf/model presets by name
-        $PY benchmarks/memory.py "model=$shape" --out "$OUT/memory_$shape.json" || echo "memory: failed" >&2
+        tok=()
+        [ -z "${TOKENIZER_DIR:-}" ] || tok=("~model.tokenizer" "+model.tokenizer.source=hub"
+                                           "+model.tokenizer.name_or_path=$TOKENIZER_DIR")
+        $PY benchmarks/memory.py "model=$shape" "${tok[@]}" --out "$OUT/memory_$shape.json" || echo "memory: failed" >&2
     fi
     for batch in 16 64 256; do
         extra=(--skip-option-order)
