@@ -31,12 +31,6 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 quickstart: setup
 	$(BIN)/python -m fidelity_exp +experiment=quickstart
 
-# The cluster tests (tests/cluster) need the local SLURM/PostgreSQL/MLflow-server cluster: it is
-# brought up before the suite and down after, whatever the suite's outcome.
-test: setup browser $(QLORA)
-	$(SUDO) deploy/local_cluster.sh up
-	$(BIN)/python -m pytest; status=$$?; $(SUDO) deploy/local_cluster.sh down; exit $$status
-
 # finetune=qlora's path runs in the tests on bitsandbytes' CPU backend (tests/llm/test_qlora.py): the
 # pinned bitsandbytes of requirements/gpu.txt goes into a folder of its own, on the path of that
 # test's process only (the CPU install itself stays without it).
@@ -45,6 +39,12 @@ $(QLORA): requirements/gpu.txt $(STAMP)
 	rm -rf $(VENV)/qlora
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/qlora -r requirements/gpu.txt
 	touch $@
+
+# The cluster tests (tests/cluster) need the local SLURM/PostgreSQL/MLflow-server cluster: it is
+# brought up before the suite and down after, whatever the suite's outcome.
+test: setup browser $(QLORA)
+	$(SUDO) deploy/local_cluster.sh up
+	$(BIN)/python -m pytest; status=$$?; $(SUDO) deploy/local_cluster.sh down; exit $$status
 
 # A one-machine SLURM cluster, PostgreSQL and an MLflow tracking server (README, "Sweeps on a cluster").
 cluster-up: setup

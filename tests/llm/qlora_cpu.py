@@ -3,9 +3,10 @@ its own, with bitsandbytes on its path (the suite's own process never imports it
 
 A run refuses qlora on a CPU in its plan (one clear message: the product is CUDA-only for users).
 This script plans with `device_checks=False`, as a sweep does for trials it leaves to their
-nodes, and carries the run out as `pipeline.run` does (log_setup, carry_out): the base weights loaded in 4 bits
-(bitsandbytes' Linear4bit), `prepare_model_for_kbit_training`, LoRA trained by the Trainer with
-gradient checkpointing, the adapter logged and registered, both LLM arms simulated and scored.
+nodes, and carries the run out as `pipeline.run` does (log_setup, carry_out): the base weights
+loaded in 4 bits (bitsandbytes' Linear4bit), `prepare_model_for_kbit_training`, LoRA trained by
+the Trainer with gradient checkpointing, the adapter logged and registered, the LLM arms
+simulated and scored.
 It counts the 4-bit layers' forward calls (the real ones, passed through) to show they did the
 work, and writes what it saw to `<root>/qlora.json`.
 
@@ -51,8 +52,7 @@ def main(root: Path, overrides: list[str]) -> None:
         metrics = pipeline.carry_out(p, root / "out", tracked)
         run_id = tracked.run_id
     (root / "qlora.json").write_text(json.dumps({
-        "bitsandbytes": bitsandbytes.__version__, "calls": dict(calls), "run_id": run_id,
-        "tracking_uri": tracking.tracking_uri(cfg), "metrics": metrics}))
+        "bitsandbytes": bitsandbytes.__version__, "calls": dict(calls), "run_id": run_id, "metrics": metrics}))
 
 
 if __name__ == "__main__":

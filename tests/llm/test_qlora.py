@@ -77,7 +77,7 @@ def test_qlora_fine_tunes_and_simulates_on_4_bit_layers(bitsandbytes_site, tmp_p
     assert p and (frames["finetuned"][p] - frames["base"][p]).abs().to_numpy().max() > 1e-4
 
 
-def test_a_fine_tune_no_gradient_reaches_fails_the_run(bitsandbytes_site, tmp_path):
+def test_a_fine_tune_that_no_gradient_reaches_fails_the_run(bitsandbytes_site, tmp_path):
     """bitsandbytes 0.50 on a CPU with AVX512-BF16 re-lays out 4-bit weights for inference the
     first time they run in eval mode, and that layout has no gradient: simulating the base arm
     first leaves the adapter exactly at its start. The run must fail saying so (llm/finetune.py,
