@@ -7,8 +7,8 @@
 # The GPU machine has no network and its own Python 3.12 with torch (CUDA), numpy, pandas, scipy,
 # statsmodels, accelerate, tokenizers and huggingface_hub, but not the rest of what the benchmarks
 # import. `prepare` downloads, for CPython 3.12 on x86-64 Linux, the wheels of what is missing
-# there or pinned differently here (omegaconf, hydra-core and antlr4 for the configs; transformers
-# and peft at this project's pins; bitsandbytes at requirements/gpu.txt's pin, for QLoRA) and keeps
+# there or pinned differently here (hydra-core, and omegaconf and antlr4 at the versions .venv holds,
+# for the configs; transformers and peft at this project's pins; bitsandbytes at requirements/gpu.txt's pin, for QLoRA) and keeps
 # a copy of SmolLM2's tokenizer (the shapes' tokenizer; the GGUF file is too large to travel).
 # Everything that travels must stay under the device tool's 64 MiB: `prepare` prints the total.
 # `run` installs the wheels into a folder of its own (nothing of the machine's is replaced), puts
@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 KIT=.device
 PY=${PYTHON:-python3}
 pin() { grep -h "^$1==" requirements/cpu.txt requirements/gpu.txt | head -1 | cut -d' ' -f1; }
+installed() { .venv/bin/python -c "import importlib.metadata as m; print('$1==' + m.version('$1'))"; }   # .venv's own
 
 case "${1:-}" in
 prepare)
@@ -25,10 +26,10 @@ prepare)
     PIP=${PIP:-.venv/bin/pip}
     $PIP download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform any -d "$KIT/whl" omegaconf==2.3.1 hydra-core==1.3.8 "$(pin transformers)" "$(pin peft)" \
+        --platform any -d "$KIT/whl" "$(installed omegaconf)" "$(pin hydra-core)" "$(pin transformers)" "$(pin peft)" \
         "$(pin bitsandbytes)"
-    # antlr4-python3-runtime 4.9.3 (what omegaconf 2.3 needs) is published as source only: built here, pure Python
-    $PIP wheel --quiet --no-deps -w "$KIT/whl" antlr4-python3-runtime==4.9.3
+    # antlr4-python3-runtime (what omegaconf needs) is published as source only: built here, pure Python
+    $PIP wheel --quiet --no-deps -w "$KIT/whl" "$(installed antlr4-python3-runtime)"
     .venv/bin/python - "$KIT/tokenizer" <<'EOF'
 import sys
 from omegaconf import OmegaConf

@@ -10,7 +10,7 @@ simulated and scored.
 It counts the 4-bit layers' forward calls (the real ones, passed through) to show they did the
 work, and writes what it saw to `<root>/qlora.json`.
 
-    python tests/llm/qlora_cpu.py ROOT [OVERRIDE ...]
+    python -m tests.llm.qlora_cpu ROOT [OVERRIDE ...]      # from the repository's root
 """
 
 from __future__ import annotations
@@ -20,17 +20,14 @@ import json
 import sys
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
 
 def main(root: Path, overrides: list[str]) -> None:
     import bitsandbytes
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from hydra import initialize_config_dir
 
     from fidelity_exp import pipeline, tracking
+    from tests.conftest import CONF, Composer
 
     calls: collections.Counter = collections.Counter()
     real_forward = bitsandbytes.nn.Linear4bit.forward
@@ -41,11 +38,7 @@ def main(root: Path, overrides: list[str]) -> None:
 
     bitsandbytes.nn.Linear4bit.forward = counted
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root={root}", *overrides], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        choices = dict(cfg.hydra.runtime.choices)
-        with open_dict(cfg):
-            del cfg["hydra"]
+        cfg, choices = Composer(root)(*overrides)   # as the tests compose every run
     p = pipeline.plan(cfg, choices, device_checks=False)
     with tracking.start_run(cfg, run_name="qlora-cpu", tags={}) as tracked:
         pipeline.log_setup(tracked, cfg, p)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-HELPER = Path(__file__).with_name("qlora_cpu.py")
+REPO = Path(__file__).resolve().parents[2]
 SITE = Path(sys.prefix) / "qlora"      # make test: pip install --no-deps --target .venv/qlora -r requirements/gpu.txt
 RUN = ("+experiment=quickstart", "model=tiny_random", "finetune=qlora", "model.device=cpu", "finetune.max_steps=3",
        "eval.n=12", "metrics.bootstrap=10", "metrics.reference_splits=2", "metrics.permutations=10",
@@ -43,8 +43,8 @@ def bitsandbytes_site() -> Path:
 def _run(site: Path, root: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, str(HELPER), str(root), *RUN, *overrides], env=env, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run([sys.executable, "-m", "tests.llm.qlora_cpu", str(root), *RUN, *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
 
 
 def _client(root: Path):
