@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from fidelity_exp.arms.llm import answers_of, records  # noqa: E402
-from fidelity_exp.llm.models import load_model  # noqa: E402
+from fidelity_exp.llm.models import ModelSettings, load_model  # noqa: E402
+from fidelity_exp.settings import typed  # noqa: E402
 from fidelity_exp.study import draw_split, study_from_file  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def load(model: str, dtype: str | None = None, quantization=None):
     cfg = OmegaConf.load(path)
     if dtype:
         cfg.dtype = dtype
-    return load_model(cfg, quantization=quantization)
+    return load_model(typed(ModelSettings, cfg, "model"), quantization=quantization)
 
 
 def study_and_split(study: str, pilot: int, twins: int, seed: int = 0):

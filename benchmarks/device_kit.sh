@@ -33,8 +33,10 @@ prepare)
     .venv/bin/python - "$KIT/tokenizer" <<'EOF'
 import sys
 from omegaconf import OmegaConf
-from fidelity_exp.llm.models import load_tokenizer
-load_tokenizer(OmegaConf.load("conf/model/tiny_random.yaml").tokenizer).save_pretrained(sys.argv[1])
+from fidelity_exp.llm.models import ModelSettings, load_tokenizer
+from fidelity_exp.settings import typed
+model = typed(ModelSettings, OmegaConf.load("conf/model/tiny_random.yaml"), "model")
+load_tokenizer(model.tokenizer).save_pretrained(sys.argv[1])
 EOF
     total=$(du -sb "$KIT" | cut -f1)
     tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from common import REPO, finish, load, matmul_rate, peak_memory, pilot_interviews, study_and_split  # noqa: I001
 
-from fidelity_exp.llm.finetune import check_quantization, finetune, quantization_config
+from fidelity_exp.llm.finetune import FinetuneSettings, check_quantization, finetune, quantization_config
+from fidelity_exp.settings import typed
 from fidelity_exp.llm.models import resolve_device
 from fidelity_exp.llm.interview import Renderer
 
@@ -46,6 +47,7 @@ def main() -> None:
                               {k: v for k, v in cfg.items() if k != "defaults"})
     cfg.seed, cfg.max_steps, cfg.batch_size = 0, args.steps, args.batch_size
     cfg.gradient_checkpointing = bool(args.gradient_checkpointing or (args.qlora and cfg.gradient_checkpointing))
+    cfg = typed(FinetuneSettings, cfg, "finetune")
     check_quantization(cfg, resolve_device("auto"))
     lm = load(args.model, quantization=quantization_config(cfg))
     s, split, _ = study_and_split(args.study, pilot=args.pilot, twins=10)

@@ -42,7 +42,7 @@ def compose(overrides: list[str]):
 
 
 def child(stage: str, overrides: list[str]) -> dict:
-    from omegaconf import OmegaConf
+    import dataclasses
 
     from fidelity_exp.arms.llm import answers_of, interview_lengths, memory_estimate, records
     from fidelity_exp.llm.engine import simulate, uniforms_for
@@ -61,7 +61,7 @@ def child(stage: str, overrides: list[str]) -> dict:
     if stage == "finetune":
         lengths = interview_lengths(renderer, s, split.pilot, answered=True)
         ids = split.pilot[sorted(range(len(lengths)), key=lambda i: -lengths[i])[: work.train_batch]]
-        ft = OmegaConf.merge(llm.finetune, {"max_steps": 1})
+        ft = dataclasses.replace(llm.finetune, max_steps=1)
         finetune(loaded, renderer, records(s.frame.loc[ids], s.spec.given_columns), answers_of(s, ids), ft,
                  progress=False)
         widest = max(lengths)

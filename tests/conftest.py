@@ -37,6 +37,36 @@ class Composer:
         return cfg, choices
 
 
+def settings(cfg):
+    """Every group of a composed config typed, as `pipeline.plan` reads them."""
+    from fidelity_exp.pipeline import check_config   # the pipeline's imports register every group
+
+    return check_config(cfg)
+
+
+def split_of(cfg, study):
+    """The humans a composed config's run draws from `study`: pilot, validation, evaluation."""
+    from fidelity_exp.pipeline import split_settings
+
+    return split_settings(settings(cfg)).draw(study)
+
+
+def store_uri(cfg) -> str:
+    """The tracking URI a composed config's run logs to."""
+    from fidelity_exp.tracking import tracking_uri
+
+    s = settings(cfg)
+    return tracking_uri(s.tracking, s.paths)
+
+
+def start_run_of(cfg, **kwargs):
+    """`tracking.start_run` for a composed config (its tracking and paths groups)."""
+    from fidelity_exp.tracking import start_run
+
+    s = settings(cfg)
+    return start_run(s.tracking, s.paths, **kwargs)
+
+
 @pytest.fixture
 def composer(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from fidelity_exp.errors import ConfigError
-from fidelity_exp.settings import Rule, check_config
+from fidelity_exp.pipeline import check_config  # importing the pipeline registers every group
+from fidelity_exp.settings import Rule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NEEDS = {"stratified": ["pilot.by=party"], "registered": ["finetune.uri=models:/x/1"],
@@ -58,3 +59,30 @@ def test_the_schedulers_offered_are_transformers_own():
     from fidelity_exp.llm.finetune import SCHEDULERS
 
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+def test_settings_imports_no_reader_module():
+    """settings.py sits below every module that reads a group: each registers its own class."""
+    import ast
+
+    src = (Path(__file__).resolve().parents[1] / "src/fidelity_exp/settings.py").read_text()
+    imported = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m and m.startswith("fidelity_exp")} <= {"fidelity_exp.errors"}
+
+
+def test_the_metric_options_defaults_are_written_once():
+    """conf/metrics/default.yaml, `Options` and `api.score` agree on every default."""
+    import dataclasses
+    import inspect
+
+    import yaml
+
+    from fidelity_exp import api
+    from fidelity_exp.metrics.suite import Options
+
+    written = yaml.safe_load((CONF / "metrics" / "default.yaml").read_text())
+    defaults = {f.name: f.default for f in dataclasses.fields(Options)}
+    assert {k: v for k, v in written.items() if k != "seed"} == {k: v for k, v in defaults.items() if k != "seed"}
+    signature = inspect.signature(api.score).parameters
+    assert all(signature[k].default == v for k, v in defaults.items())

@@ -100,10 +100,12 @@ def _config_origin(data_cfg: Any, choice: str | None = None) -> str:
     return _config_file(data_cfg, choice) or f"data={_data_choice(choice) or data_cfg.get('name')}"
 
 
-def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None, families: tuple[str, ...] | None = None,
-          min_group_size: int = 10, alpha: float = 0.05, bootstrap: int = 200, reference_splits: int = 20,
-          seed: int = 0, score_components: tuple[str, ...] | None = None, interval: str = "bias_aware",
-          permutations: int = 200, fdr: float = 0.05, compare=None) -> "Scores":
+def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None,
+          families: tuple[str, ...] | None = Options.families, min_group_size: int = Options.min_group_size,
+          alpha: float = Options.alpha, bootstrap: int = Options.bootstrap,
+          reference_splits: int = Options.reference_splits, seed: int = Options.seed,
+          score_components: tuple[str, ...] | None = Options.score_components, interval: str = Options.interval,
+          permutations: int = Options.permutations, fdr: float = Options.fdr, compare=None) -> "Scores":
     """Score synthetic respondents against humans on every fidelity metric (METRICS.md).
 
     study: a `Study` (its data are the humans unless `human` is given) or a `StudySpec` (then
@@ -270,16 +272,15 @@ class Scores:
         """A new MLflow run (experiment: the study's name by default) holding everything `log_to`
         logs; the store is `tracking_uri`, else $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db as
         for the command line. Returns the run id."""
-        from omegaconf import OmegaConf
-
         from fidelity_exp import tracking
+        from fidelity_exp.paths import PathSettings
 
-        cfg = OmegaConf.create({"paths": {"mlruns": "mlruns"}, "tracking": {
-            "uri": tracking_uri, "experiment": experiment or self.spec.name, "artifact_root": "mlruns/artifacts",
-            "run_id": None}})
+        where = tracking.TrackingSettings(uri=tracking_uri, experiment=experiment or self.spec.name,
+                                          artifact_root="mlruns/artifacts")
         all_tags = {"study.name": self.spec.name, "study.version": self.spec.version, "mode": "api",
                     "arms": ",".join(self.arms), **dict(tags or {})}
-        with tracking.start_run(cfg, run_name=run_name or f"{self.spec.name}-api", tags=all_tags) as tracked:
+        with tracking.start_run(where, PathSettings(mlruns="mlruns"), run_name=run_name or f"{self.spec.name}-api",
+                                tags=all_tags) as tracked:
             tracked.log_params({"metrics." + k: str(v) for k, v in vars(self.options).items()})
             self.log_to(tracked)
             return tracked.run_id

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from fidelity_exp.errors import ConfigError
-from fidelity_exp.settings import Checked, option
+from fidelity_exp.settings import Checked, group, option
 
 PATH = r"[^\x00]+"
 
 
+@group("paths")
 @dataclass
 class PathSettings(Checked):
     """The `paths` group: where runs and stores go (conf/paths/default.yaml)."""

@@ -1,8 +1,9 @@
 """The recipe: plan -> draw pilot -> arms simulate twins -> score -> rectify -> log.
 
-`plan(cfg)` reads each config group's own part once and checks everything a user can get
-wrong (spec, data, config values, files) before an MLflow run is created, so bad input never
-leaves a half-made run behind; the sweeper builds the plan of every trial config up front with
+`plan(cfg)` is the only reader of the composed config: it reads every group once into its typed
+settings (`settings.check_config`) and checks everything a user can get wrong (spec, data,
+config values, files) before an MLflow run is created, so bad input never leaves a half-made run
+behind; everything after it reads the plan's typed objects; the sweeper builds the plan of every trial config up front with
 the same function. `run(cfg)` then carries the plan out; a failure after the run exists marks
 it FAILED with the reason.
 """
@@ -26,20 +27,22 @@ from fidelity_exp.arms import Arm, ArmContext, build_arms, check_arm_names
 from fidelity_exp.arms.llm import BaseModel, Finetuned, LLMSession, LLMSettings, check_memory
 from fidelity_exp.errors import ArmFailed, ConfigError
 from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
-from fidelity_exp.llm.finetune import TRAINED, check_quantization
+from fidelity_exp.llm.finetune import TRAINED, FinetuneSettings, check_quantization
 from fidelity_exp.llm.interview import interview_orders
 from fidelity_exp.llm.models import resolve_device
 from fidelity_exp.metrics import Options, prefixed
 from fidelity_exp.metrics.position import OrderScorings, position_metrics
+from fidelity_exp.metrics.registry import register_other
 from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import resolve
-from fidelity_exp.settings import Checked, check_config, typed
+from fidelity_exp.settings import Checked, Settings, check_config, group
 from fidelity_exp.study import Split, SplitSettings, Study
 from fidelity_exp.study.sources import describe
 from fidelity_exp.study.synthetic_file import check_synthetic
 from fidelity_exp.tracking import notebook
 
 log = logging.getLogger(__name__)
+register_other("timing/run_s", "timing/tracking_s", "timing/traces_s")   # wall time: the run, its tracking, its traces
 
 
 @dataclass
@@ -47,7 +50,8 @@ class Plan:
     """Everything a run does, decided and checked before it starts."""
 
     study: Study
-    options: Options                       # the metrics
+    settings: Settings                     # every config group, typed (settings.check_config)
+    options: Options                       # the metrics (with the run's default comparisons)
     arms: dict[str, Arm]                   # name -> arm, in config order (empty for evaluate-only)
     split: Split | None                    # None: evaluate-only
     scored_on: str                         # evaluation | validation | evaluate.human
@@ -57,8 +61,12 @@ class Plan:
     llm: LLMSettings | None = None         # what the LLM arms read (None when none runs)
     files: dict[str, pd.DataFrame] = field(default_factory=dict)   # evaluate-only: arm -> checked file
     human: pd.DataFrame | None = None      # the scored humans (canonical frame)
-    tracking: Any = None                   # the `tracking` group (TrackingSettings)
     tracking_uri: str | None = None
+
+    @property
+    def tracking(self):
+        """The `tracking` group (TrackingSettings)."""
+        return self.settings.tracking
 
     @property
     def evaluate_only(self) -> bool:
@@ -74,20 +82,16 @@ def setup_study(data_cfg: DictConfig, choice: str | None) -> Study:
     return api.study_from_config(data_cfg, choice)
 
 
-def split_settings(cfg: DictConfig) -> SplitSettings:
-    return SplitSettings.from_config(cfg.pilot, cfg.get("eval"), cfg.get("validation"), cfg.get("score_on"))
+def split_settings(settings: Settings) -> SplitSettings:
+    """Pilot, validation and evaluation humans as the config says; the run scores the set `score_on` names."""
+    return SplitSettings.of(settings.pilot, settings.eval, settings.validation, settings.run.score_on)
 
 
-def setup_split(cfg: DictConfig, study: Study) -> Split:
-    """Pilot, validation and evaluation humans; the run scores the set `score_on` names."""
-    return split_settings(cfg).draw(study)
-
-
-def setup_arms(cfg: DictConfig, settings: SplitSettings) -> dict[str, Arm]:
+def setup_arms(arms_cfg: Any, finetune: FinetuneSettings, settings: SplitSettings) -> dict[str, Arm]:
     """The configured arms that run, built from their config nodes (`finetune=none` runs the
     base model alone), each checked."""
-    arms = build_arms(cfg.get("arms"))
-    method = cfg.finetune.method
+    arms = build_arms(arms_cfg)
+    method = finetune.method
     finetuned = [name for name, arm in arms.items() if isinstance(arm, Finetuned)]
     if settings.rectified and (method not in TRAINED or not finetuned):
         value = settings.finetune_fraction if settings.finetune_fraction != 1 else settings.crossfit_folds
@@ -97,10 +101,11 @@ def setup_arms(cfg: DictConfig, settings: SplitSettings) -> dict[str, Arm]:
         log.info("finetune=none: the finetuned arm is not run")
         arms = {name: arm for name, arm in arms.items() if name not in finetuned}
     for arm in arms.values():
-        arm.check(finetune=cfg.finetune)
+        arm.check(finetune=finetune)
     return arms
 
 
+@group("evaluate")
 @dataclass
 class EvaluateSettings(Checked):
     """`evaluate` (conf/experiment/evaluate.yaml): score a file of synthetic respondents."""
@@ -110,9 +115,8 @@ class EvaluateSettings(Checked):
     arm: str = api.DEFAULT_ARM
 
 
-def setup_evaluate(evaluate_cfg: DictConfig, study: Study) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def setup_evaluate(settings: EvaluateSettings, study: Study) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Evaluate-only: a synthetic file against the spec's humans (all of them) or a given file."""
-    settings = typed(EvaluateSettings, evaluate_cfg, "evaluate")
     if not settings.synthetic:
         raise ConfigError("evaluate.synthetic", None, "expected the path of a CSV or parquet file of synthetic "
                           "respondents (format: SURVEY_SPEC.md), e.g. evaluate.synthetic=twins.csv")
@@ -140,31 +144,31 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     the memory check): a sweep checks its trials' configs where it sweeps, and each trial checks
     its device where it runs (a SLURM node, say)."""
     choices = choices or {}
-    groups = check_config(cfg)             # every group's types and ranges, before the spec is read
+    settings = check_config(cfg)           # every group's types and ranges, before the spec is read
     study = study or setup_study(cfg.data, choices.get("data"))
-    options = groups["metrics"]
-    uri = tracking.check_store(cfg) if cfg.tracking.enabled else tracking.tracking_uri(cfg)
-    if cfg.get("evaluate") is not None:
-        human, files = setup_evaluate(cfg.evaluate, study)
+    options = settings.metrics
+    where = settings.tracking, settings.paths
+    uri = tracking.check_store(*where) if settings.tracking.enabled else tracking.tracking_uri(*where)
+    if cfg.get("evaluate") is not None:   # evaluate-only (conf/experiment/evaluate.yaml)
+        human, files = setup_evaluate(settings.evaluate, study)
         options.check_compare(files)
-        return Plan(study=study, options=options, arms={}, split=None, scored_on="evaluate.human", files=files,
-                    human=human, tracking=groups["tracking"], tracking_uri=uri)
-    settings = split_settings(cfg)
-    split = settings.draw(study)
-    arms = setup_arms(cfg, settings)
-    predictions = groups["ppi"].predictions if "ppi" in groups else "expected"
+        return Plan(study=study, settings=settings, options=options, arms={}, split=None,
+                    scored_on="evaluate.human", files=files, human=human, tracking_uri=uri)
+    who = split_settings(settings)
+    split = who.draw(study)
+    arms = setup_arms(cfg.get("arms"), settings.finetune, who)
     if options.compare is None:
         options = dataclasses.replace(options, compare=default_comparisons(arms))
     options.check_compare(arms)
-    llm = LLMSettings.from_config(cfg, tracking_uri=uri)   # checked even when unused
-    if not any(arm.uses_llm for arm in arms.values()):
-        llm = None
-    elif device_checks:   # before any weights are looked up: qlora's device, then whether the run fits in memory
-        check_quantization(llm.finetune, resolve_device(str(llm.model.device)))
-        check_memory(llm, study, split, finetunes=any(isinstance(arm, Finetuned) for arm in arms.values()))
-    return Plan(study=study, options=options, arms=arms, split=split, scored_on=settings.score_on,
-                seed=int(cfg.simulate.seed), rectified=settings.rectified, ppi_predictions=str(predictions), llm=llm,
-                human=study.frame.loc[split.evaluation], tracking=groups["tracking"], tracking_uri=uri)
+    llm = None
+    if any(arm.uses_llm for arm in arms.values()):
+        llm = LLMSettings.of(settings, tracking_uri=uri)
+        if device_checks:   # before any weights are looked up: qlora's device, then whether the run fits in memory
+            check_quantization(llm.finetune, resolve_device(llm.model.device))
+            check_memory(llm, study, split, finetunes=any(isinstance(arm, Finetuned) for arm in arms.values()))
+    return Plan(study=study, settings=settings, options=options, arms=arms, split=split, scored_on=who.score_on,
+                seed=settings.simulate.seed, rectified=who.rectified, ppi_predictions=settings.ppi.predictions,
+                llm=llm, human=study.frame.loc[split.evaluation], tracking_uri=uri)
 
 
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Sequence[str] = (),
@@ -172,24 +176,25 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
     """Run one experiment; returns the flat metrics (also written to `<output_dir>/metrics.json`)."""
     started = time.perf_counter()
     p = plan(cfg, choices)
+    s = p.settings
     if not p.evaluate_only:
         log.info("study %s v%s: %d respondents; pilot %d (%s), scored on %d %s humans; arms: %s", p.study.spec.name,
-                 p.study.spec.version, len(p.study), len(p.split.pilot), cfg.pilot.method, len(p.split.evaluation),
+                 p.study.spec.version, len(p.study), len(p.split.pilot), s.pilot.method, len(p.split.evaluation),
                  p.scored_on, ", ".join(p.arm_names) or "none")
-    output = Path(output_dir) if output_dir else resolve(cfg.paths.outputs) / "latest"
+    output = Path(output_dir) if output_dir else resolve(s.paths.outputs) / "latest"
 
-    if not cfg.tracking.enabled:
+    if not s.tracking.enabled:
         return carry_out(p, output, tracked=None)
-    run_name = cfg.tracking.run_name or (
+    run_name = s.tracking.run_name or (
         f"{p.study.spec.name}-evaluate-{p.arm_names[0]}" if p.evaluate_only
-        else f"{p.study.spec.name}-{cfg.pilot.method}-n{cfg.pilot.n}-seed{cfg.seed}")
+        else f"{p.study.spec.name}-{s.pilot.method}-n{s.pilot.n}-seed{s.run.seed}")
     tags = {
         "study.name": p.study.spec.name, "study.version": p.study.spec.version, "study.spec_file": p.study.spec.origin,
         "hydra.overrides": json.dumps(list(overrides)), "arms": ",".join(p.arm_names) or "none",
-        "mode": "evaluate" if p.evaluate_only else "experiment", **dict(cfg.tracking.get("tags") or {}),
+        "mode": "evaluate" if p.evaluate_only else "experiment", **s.tracking.tags,
         "score_on": p.scored_on,
     }
-    with tracking.start_run(cfg, run_name=run_name, tags=tags) as tracked:
+    with tracking.start_run(s.tracking, s.paths, run_name=run_name, tags=tags) as tracked:
         experiment_id = tracked.experiment_id
         notebook.describe_experiment(tracked.client, experiment_id, p.study.spec)
         with notebook.system_metrics(tracked.run_id, p.tracking_uri, p.tracking.system_metrics):
@@ -217,8 +222,7 @@ def carry_out(p: Plan, output: Path, tracked) -> dict[str, float | None]:
         synthetic, twin_sets, positions = simulate_arms(p, tracked)
     scores = api.evaluate(p.study.spec, p.human, synthetic, p.options)
     for arm, scorings in positions.items():
-        scores.add(prefixed(arm, position_metrics(p.study.spec, scorings, bootstrap=p.options.bootstrap,
-                                                  seed=p.options.seed, method=p.options.interval)))
+        scores.add(prefixed(arm, position_metrics(p.study.spec, scorings, p.options)))
     if twin_sets is not None:
         scores.add(*rectify(p, twin_sets))
     scores.write_json(output / "metrics.json")
@@ -238,8 +242,7 @@ def log_traces(p: Plan, tracked, synthetic: dict[str, pd.DataFrame]) -> None:
     llm_arms = [name for name, arm in p.arms.items() if arm.uses_llm and name in synthetic]
     if not n or not llm_arms:
         return
-    mode = p.llm.simulate.option_order
-    shown = "fixed" if mode == "averaged" else mode
+    shown = p.llm.simulate.shown_order
     count = min(n, len(p.human))
     orders = [interview_orders(p.study.spec, shown, seed=p.seed, who=i) for i in range(count)]
     seconds = sum(notebook.log_twin_traces(tracked, p.tracking_uri, tracked.experiment_id, p.study.spec, arm,

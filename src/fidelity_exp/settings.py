@@ -2,11 +2,14 @@
 
 Each config group is read by one dataclass that lives beside the code that uses it (`pilot`:
 study/split.py, `metrics`: metrics/suite.py, `simulate`: arms/llm.py, `model`: llm/models.py,
-`finetune`: llm/finetune.py, `tracking`: tracking/mlflow_run.py, `paths`: paths.py, ...). A field's
+`finetune`: llm/finetune.py, `tracking`: tracking/mlflow_run.py, `paths`: paths.py, ...) and
+registers itself there with `@group("<key>")`, so this module imports none of them. A field's
 type is checked by OmegaConf's structured configs (types, unknown keys), its range by the `Rule`
 in its metadata (`option(default, ge=0, ...)`), and what concerns several fields by the class's
-`check()`. `check_config(cfg)` reads every group (`_groups()`) before any run exists; every mistake is
-one `ConfigError` naming `<group>.<key>`, the value and what was expected.
+`check()`. `check_config(cfg)` reads every registered group once, before any run exists, into
+one `Settings` object that the run's plan holds; every mistake is one `ConfigError` naming
+`<group>.<key>`, the value and what was expected. Code after the plan reads the typed objects,
+never the raw config.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from fidelity_exp.errors import ConfigError
 
@@ -118,6 +121,16 @@ def typed(cls: type[T], node: Any, key: str, what: str | None = None) -> T:
 
 # --- every group of a run ---------------------------------------------------------------------------
 
+GROUPS: dict[str, type] = {}   # config key -> its settings class, registered where the class lives
+
+
+def group(key: str) -> Callable[[type[T]], type[T]]:
+    """`@group("pilot")` on a settings class: `check_config` reads the config's `pilot` node with it."""
+    def register(cls: type[T]) -> type[T]:
+        GROUPS[key] = cls
+        return cls
+    return register
+
 
 @dataclass
 class RunSettings(Checked):
@@ -127,29 +140,33 @@ class RunSettings(Checked):
     score_on: str = option("evaluation", one_of=("evaluation", "validation"))
 
 
-def _groups() -> dict[str, type]:
-    """Config key -> its dataclass. Imported late: each class lives beside its reader."""
-    from fidelity_exp.arms.llm import SimulateSettings
-    from fidelity_exp.inference.regressions import PPISettings
-    from fidelity_exp.llm.finetune import FinetuneSettings
-    from fidelity_exp.llm.models import ModelSettings
-    from fidelity_exp.metrics.suite import Options as MetricsSettings
-    from fidelity_exp.paths import PathSettings
-    from fidelity_exp.study.split import EvalSettings, PilotSettings, ValidationSettings
-    from fidelity_exp.tracking.mlflow_run import TrackingSettings
+class Settings:
+    """Every group of one run, typed: `settings.pilot` is a `PilotSettings`, `settings.run` the
+    top-level keys. Only the groups the config has are there (`evaluate` only when evaluating)."""
 
-    return {"paths": PathSettings, "pilot": PilotSettings, "eval": EvalSettings, "validation": ValidationSettings,
-            "model": ModelSettings, "finetune": FinetuneSettings, "simulate": SimulateSettings,
-            "metrics": MetricsSettings, "tracking": TrackingSettings, "ppi": PPISettings}
+    def __init__(self, run: RunSettings, groups: Mapping[str, Any]):
+        self.run, self._groups = run, dict(groups)
+
+    def __getattr__(self, key: str) -> Any:
+        groups = self.__dict__.get("_groups", {})
+        if key in groups:
+            return groups[key]
+        raise AttributeError(f"no settings group {key!r} (registered: {', '.join(GROUPS)})")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._groups
+
+    def __iter__(self):
+        return iter(self._groups)
+
+    def __repr__(self) -> str:
+        return f"Settings(run={self.run!r}, {', '.join(f'{k}={v!r}' for k, v in self._groups.items())})"
 
 
-def check_config(cfg: Any) -> dict[str, Any]:
-    """Every group of a composed run config read through its dataclass (the `data` group is the
-    study spec, checked by its own parser; `arms` by each arm's class; `evaluate` by
-    evaluate-only). Returns key -> the typed settings; raises the first `ConfigError`."""
+def check_config(cfg: Any) -> Settings:
+    """Every registered group of a composed run config read through its dataclass (the `data`
+    group is the study spec, checked by its own parser; `arms` by each arm's class; `evaluate` by
+    evaluate-only). Raises the first `ConfigError`."""
     top = {f.name: cfg.get(f.name) for f in fields(RunSettings) if cfg.get(f.name) is not None}
-    out: dict[str, Any] = {"": typed(RunSettings, top, "", "the run config")}
-    for key, cls in _groups().items():
-        if key in cfg:
-            out[key] = typed(cls, cfg.get(key), key)
-    return out
+    run = typed(RunSettings, top, "", "the run config")
+    return Settings(run, {key: typed(cls, cfg.get(key), key) for key, cls in GROUPS.items() if key in cfg})

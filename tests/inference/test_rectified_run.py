@@ -13,7 +13,11 @@ from fidelity_exp.arms import ArmContext
 from fidelity_exp.arms.llm import Finetuned, LLMSession, LLMSettings
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
+from fidelity_exp.pipeline import check_config
 from fidelity_exp.study import Split
+
+
+from ..conftest import split_of
 
 TINY = ["+experiment=disclosure", "model=tiny_random", "finetune.max_steps=2", "metrics.bootstrap=10",
         "metrics.reference_splits=2", "arms=[finetuned]", "tracking.enabled=false"]
@@ -22,13 +26,13 @@ TINY = ["+experiment=disclosure", "model=tiny_random", "finetune.max_steps=2", "
 def test_folds_partition_the_pilot(composer):
     cfg, choices = composer(*TINY, "pilot.finetune_fraction=0.6")
     study = pipeline.setup_study(cfg.data, choices["data"])
-    split = pipeline.setup_split(cfg, study)
+    split = split_of(cfg, study)
     (fold,) = split.folds
     assert len(fold) == 40 and set(fold) <= set(split.pilot)
     assert len(split.finetune_ids(0)) == 60 and not set(split.finetune_ids(0)) & set(fold)
     assert not set(fold) & set(split.evaluation)
     cfg, _ = composer(*TINY, "pilot.crossfit_folds=3")
-    folds = pipeline.setup_split(cfg, study).folds
+    folds = split_of(cfg, study).folds
     assert [len(f) for f in folds] == [34, 33, 33]
     assert set().union(*map(set, folds)) == set(split.pilot) and sum(map(len, folds)) == 100
 
@@ -43,7 +47,7 @@ def test_bad_rectification_settings(composer, override, message):
     cfg, choices = composer(*TINY, override)
     study = pipeline.setup_study(cfg.data, choices["data"])
     with pytest.raises(ConfigError, match=message):
-        pipeline.setup_split(cfg, study)
+        split_of(cfg, study)
 
 
 def test_rectification_needs_the_finetuned_arm(composer):
@@ -68,6 +72,8 @@ def test_a_rectified_run_logs_all_three_estimators(composer):
     assert metrics["pilot_only/regression/disclosure/n"] == 100
     assert metrics["ppi/regression/disclosure/effective_n/median"] > 0
     assert "finetuned/fidelity_score" in metrics
+    from fidelity_exp.metrics.registry import declared
+    assert all(declared(k) for k in metrics), [k for k in metrics if not declared(k)]
 
 
 @pytest.mark.slow
@@ -83,7 +89,7 @@ def test_tiny_model_coverage_on_the_disclosure_study(composer):
     study = pipeline.setup_study(cfg.data, choices["data"])
     ids = study.ids
     train, pool = ids[:40], ids[40:]
-    settings = LLMSettings.from_config(cfg)
+    settings = LLMSettings.of(check_config(cfg))
     ctx = ArmContext(study, Split(pilot=train, evaluation=pool), seed=int(cfg.simulate.seed),
                      make_llm=lambda c: LLMSession(settings, c))
     twins = Finetuned().simulate(ctx).frame.set_index("twin_of", drop=False)

@@ -40,7 +40,7 @@ def main(root: Path, overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg, choices = Composer(root)(*overrides)   # as the tests compose every run
     p = pipeline.plan(cfg, choices, device_checks=False)
-    with tracking.start_run(cfg, run_name="qlora-cpu", tags={}) as tracked:
+    with tracking.start_run(p.settings.tracking, p.settings.paths, run_name="qlora-cpu", tags={}) as tracked:
         pipeline.log_setup(tracked, cfg, p)
         metrics = pipeline.carry_out(p, root / "out", tracked)
         run_id = tracked.run_id

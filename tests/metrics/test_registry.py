@@ -124,9 +124,9 @@ def test_a_family_registered_at_run_time_reaches_metrics_json_and_the_report(com
     assert metrics["pilot_resample/fidelity_score"] == pytest.approx(metrics["pilot_resample/divergence/js/mean"] / 2)
     from mlflow.tracking import MlflowClient
 
-    from fidelity_exp.tracking import tracking_uri
+    from ..conftest import store_uri
 
-    client = MlflowClient(tracking_uri(cfg))
+    client = MlflowClient(store_uri(cfg))
     run = client.search_runs([client.get_experiment_by_name("disclosure").experiment_id])[0]
     report = Path(client.download_artifacts(run.info.run_id, "report/report.md", str(tmp_path)))
     row = next(line for line in report.read_text().splitlines() if "answered/share/mean" in line)

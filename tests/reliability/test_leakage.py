@@ -14,7 +14,8 @@ from fidelity_exp import pipeline
 from fidelity_exp.arms.llm import answers_of, records
 from fidelity_exp.llm.interview import Renderer
 from fidelity_exp.llm.models import load_tokenizer
-from fidelity_exp.tracking import tracking_uri
+
+from ..conftest import settings, split_of, store_uri
 
 RUN = ("+experiment=quickstart", "model=tiny_random", "finetune.max_steps=2", "eval.n=60", "validation.n=30",
        "arms=[finetuned,pilot_resample]", "metrics.bootstrap=5", "metrics.reference_splits=2")
@@ -37,10 +38,10 @@ def test_pilot_validation_evaluation_disjoint_and_training_only_on_pilot(compose
 
     cfg, choices = composer(*RUN)
     study = pipeline.setup_study(cfg.data, choices.get("data"))
-    split = pipeline.setup_split(cfg, study)
+    split = split_of(cfg, study)
     pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
 
-    client = MlflowClient(tracking_uri(cfg))
+    client = MlflowClient(store_uri(cfg))
     (run,) = client.search_runs([client.get_experiment_by_name("anes96").experiment_id])
     pilot = set(_artifact(client, run.info.run_id, "split/pilot_ids.csv", tmp_path / "p").id.astype(str))
     evaluation = set(_artifact(client, run.info.run_id, "split/evaluation_ids.csv", tmp_path / "e").id.astype(str))
@@ -55,7 +56,8 @@ def test_pilot_validation_evaluation_disjoint_and_training_only_on_pilot(compose
         assert twins == evaluation, arm
 
     # the fine-tuning set, as rendered: exactly the pilot's interviews, nobody else's
-    renderer = Renderer(study.spec, load_tokenizer(cfg.model.tokenizer), show_persona=bool(cfg.simulate.show_persona))
+    renderer = Renderer(study.spec, load_tokenizer(settings(cfg).model.tokenizer_source),
+                        show_persona=bool(cfg.simulate.show_persona))
 
     def interviews(ids) -> Counter:
         given = records(study.frame.loc[ids], study.spec.given_columns)

@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from fidelity_exp import pipeline
 from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.study import draw_split, load_study, spec_from_config
-from fidelity_exp.tracking import start_run, tracking_uri
 
+from ..conftest import split_of, start_run_of, store_uri
 from .races import RACES, race_two_trials
 
 
@@ -30,7 +30,7 @@ def _runs(uri: str, experiment: str):
 
 def test_quickstart_writes_a_complete_run_to_the_tmp_store(composer, tmp_path):
     cfg, choices = composer("+experiment=quickstart", *TINY)
-    uri = tracking_uri(cfg)
+    uri = store_uri(cfg)
     assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     result = pipeline.run(cfg, choices=choices, overrides=["+experiment=quickstart"], output_dir=tmp_path / "out")
 
@@ -77,7 +77,7 @@ def test_environment_tracking_uri_wins(composer, tmp_path, monkeypatch):
     other = f"sqlite:///{tmp_path}/elsewhere.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
     cfg, choices = composer("+experiment=quickstart", "tracking.experiment=from_env", "arms=[tabular]", *SMALL)
-    assert tracking_uri(cfg) == other
+    assert store_uri(cfg) == other
     pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
     assert len(_runs(other, "from_env")[1]) == 1
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
@@ -86,15 +86,15 @@ def test_environment_tracking_uri_wins(composer, tmp_path, monkeypatch):
 def test_relative_sqlite_uri_is_pinned_to_the_start_directory(composer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, _ = composer("tracking.uri=sqlite:///rel/store.db")
-    assert tracking_uri(cfg) == f"sqlite:///{tmp_path}/rel/store.db"
+    assert store_uri(cfg) == f"sqlite:///{tmp_path}/rel/store.db"
 
 
 def test_a_failing_run_is_marked_failed_with_the_reason(composer):
     cfg, _ = composer("tracking.experiment=failing")
     with pytest.raises(RuntimeError):
-        with start_run(cfg, run_name="boom", tags={}):
+        with start_run_of(cfg, run_name="boom", tags={}):
             raise RuntimeError("simulated crash")
-    _, runs = _runs(tracking_uri(cfg), "failing")
+    _, runs = _runs(store_uri(cfg), "failing")
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.tags["error"] == "RuntimeError: simulated crash"
 
@@ -103,13 +103,13 @@ def test_runs_of_other_hosts_are_judged_by_their_heartbeat(composer):
     """A RUNNING run whose heartbeat is older than tracking.stale_after_s (its node vanished) is
     marked FAILED with the reason by the next run's start; one with a fresh heartbeat is left alone."""
     cfg, _ = composer("tracking.experiment=hosts", "tracking.stale_after_s=60")
-    client = MlflowClient(tracking_uri(cfg))
+    client = MlflowClient(store_uri(cfg))
     experiment = client.create_experiment("hosts")
     now = int(time.time())
     dead, alive = (client.create_run(experiment, tags={"fidelity.host": "node-7", "fidelity.pid": "4242",
                                                        "fidelity.heartbeat": str(beat)}).info.run_id
                    for beat in (now - 600, now - 5))
-    with start_run(cfg, run_name="next", tags={}):
+    with start_run_of(cfg, run_name="next", tags={}):
         pass
     assert client.get_run(alive).info.status == "RUNNING"
     gone = client.get_run(dead)
@@ -120,13 +120,13 @@ def test_runs_of_other_hosts_are_judged_by_their_heartbeat(composer):
 
 def test_a_trial_run_given_up_before_its_job_started_is_not_run(composer):
     cfg, _ = composer("tracking.experiment=given_up")
-    client = MlflowClient(tracking_uri(cfg))
+    client = MlflowClient(store_uri(cfg))
     run_id = client.create_run(client.create_experiment("given_up")).info.run_id
     client.set_tag(run_id, "error", "interrupted: no heartbeat from its sweep process")
     client.set_terminated(run_id, status="KILLED")
     cfg, _ = composer("tracking.experiment=given_up", f"tracking.run_id={run_id}")
     with pytest.raises(UserError, match=f"tracking.run_id={run_id}: that run already ended \\(KILLED: interrupted"):
-        with start_run(cfg, run_name="late", tags={}):
+        with start_run_of(cfg, run_name="late", tags={}):
             raise AssertionError("the job ran")
     assert client.get_run(run_id).info.status == "KILLED"
 
@@ -163,11 +163,11 @@ def test_bad_input_creates_no_run(composer, tmp_path):
 def test_same_seed_same_split_different_seed_different_split(composer):
     cfg, choices = composer("+experiment=quickstart")
     study = pipeline.setup_study(cfg.data, choices["data"])
-    first = pipeline.setup_split(cfg, study)
-    again = pipeline.setup_split(cfg, study)
+    first = split_of(cfg, study)
+    again = split_of(cfg, study)
     assert list(first.pilot) == list(again.pilot)
     cfg2, _ = composer("+experiment=quickstart", "seed=1")
-    assert list(pipeline.setup_split(cfg2, study).pilot) != list(first.pilot)
+    assert list(split_of(cfg2, study).pilot) != list(first.pilot)
 
 
 def test_evaluate_with_a_broken_file_is_refused_before_any_run(composer, tmp_path):
@@ -195,7 +195,7 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
     cfg, choices = composer("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune.max_steps=3",
                             *SMALL)
     result = pipeline.run(cfg, choices=choices, output_dir=tmp_path / "out")
-    client, runs = _runs(tracking_uri(cfg), "anes96")
+    client, runs = _runs(store_uri(cfg), "anes96")
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["arms"] == "base,finetuned,pilot_resample,tabular"
     for arm in ("base", "finetuned", "pilot_resample", "tabular"):
@@ -258,6 +258,8 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
     assert {f"{kind}/{q}" for kind in ("human", "match") for q in spec_questions(cfg)} == assessments
     assert any(k.startswith("system/cpu") for k in run.data.metrics) and run.data.metrics["timing/traces_s"] > 0
     assert (tmp_path / "out" / "report" / "report.html").is_file()
+    undeclared = [k for k in [*run.data.metrics, *result] if not registry.declared(k)]
+    assert not undeclared, f"{len(undeclared)} keys written but not declared in metrics/registry.py: {undeclared[:10]}"
 
     # the registered adapter drives a later run's finetuned arm without training
     cfg2, choices2 = composer("+experiment=quickstart", "model=tiny_random", "eval.n=20", "finetune=registered",

@@ -17,31 +17,37 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
-import torch
-from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
 from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.inference.regressions import TwinSets
-from fidelity_exp.llm.engine import ORDER_MODES, SimulationResult, simulate, uniforms_for
-from fidelity_exp.llm.finetune import TRAINED, quantization_config
-from fidelity_exp.llm.interview import Renderer, interview_orders, messages
-from fidelity_exp.llm import memory
-from fidelity_exp.llm.models import (architecture_config, cached_config, load_model, load_tokenizer, resolve_device,
-                                     resolve_dtype)
+from fidelity_exp.llm.finetune import TRAINED, FinetuneSettings, quantization_config
+from fidelity_exp.llm.interview import ORDER_MODES, Renderer, interview_orders, messages, shown_mode
+from fidelity_exp.llm.models import (ModelSettings, architecture_config, cached_config, load_model, load_tokenizer,
+                                     resolve_device, resolve_dtype)
 from fidelity_exp.metrics.position import OrderScorings
-from fidelity_exp.settings import Checked, option, seed_option, typed
+from fidelity_exp.metrics.registry import register_other
+from fidelity_exp.settings import Checked, group, option, seed_option
 from fidelity_exp.study.data import Study
 from fidelity_exp.study.split import Split
 from fidelity_exp.study.synthetic_file import PROB_SEP
+
+# What the LLM arms log about themselves (throughput, training), beside the fidelity metrics.
+register_other("perf/*/respondent_questions_per_s", "perf/*/simulate_tokens_per_s", "perf/*/simulate_seconds",
+               "perf/finetune_tokens_per_s", "perf/finetune_seconds", "train/loss", "train/loss_first",
+               "train/loss_last", "train/examples", "train/tokens")
+
+if TYPE_CHECKING:   # torch is imported when a model is loaded, not when a run is planned
+    from fidelity_exp.llm.engine import SimulationResult
 
 log = logging.getLogger(__name__)
 FOLD_SEED_STEP = 7919   # a fold's rectification twins get the stream seed + this x (k + 1): a prime, no overlap
 
 
+@group("simulate")
 @dataclass
 class SimulateSettings(Checked):
     """The `simulate` group (conf/simulate/default.yaml documents each key)."""
@@ -53,23 +59,25 @@ class SimulateSettings(Checked):
     option_order: str = option("fixed", one_of=ORDER_MODES)
     position_metrics: bool = True
 
-    @classmethod
-    def from_config(cls, node: Any) -> "SimulateSettings":
-        return typed(cls, node, "simulate", "the simulate group")
+    @property
+    def shown_order(self) -> str:
+        """The order twins are shown the options in (`averaged` shows spec order)."""
+        return shown_mode(self.option_order)
 
 
 @dataclass(frozen=True)
 class LLMSettings:
     """The run-level groups the LLM arms read: which model, how twins answer, how to fine-tune."""
 
-    model: DictConfig
+    model: ModelSettings
     simulate: SimulateSettings
-    finetune: DictConfig
+    finetune: FinetuneSettings
     tracking_uri: str | None = None
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, tracking_uri: str | None = None) -> "LLMSettings":
-        return cls(model=cfg.model, simulate=SimulateSettings.from_config(cfg.simulate), finetune=cfg.finetune,
+    def of(cls, settings: Any, tracking_uri: str | None = None) -> "LLMSettings":
+        """The LLM arms' part of a run's typed `Settings` (settings.check_config)."""
+        return cls(model=settings.model, simulate=settings.simulate, finetune=settings.finetune,
                    tracking_uri=tracking_uri)
 
 
@@ -84,7 +92,7 @@ def answers_of(study: Study, ids: pd.Index) -> list[list[Any]]:
     return sub.where(sub.notna(), None).values.tolist()
 
 
-def synthetic_frame(study: Study, split: Split, result: SimulationResult) -> pd.DataFrame:
+def synthetic_frame(study: Study, split: Split, result: "SimulationResult") -> pd.DataFrame:
     spec = study.spec
     out = twin_base(study, split)
     for j, q in enumerate(spec.questions):
@@ -106,6 +114,8 @@ class LLMSession:
     twins' random stream (the same uniforms for every LLM arm: they differ only by the model)."""
 
     def __init__(self, settings: LLMSettings, ctx: ArmContext):
+        from fidelity_exp.llm.engine import uniforms_for
+
         self.settings, self.study, self.split, self.tracked = settings, ctx.study, ctx.split, ctx.tracked
         spec = self.study.spec
         self.loaded = load_model(settings.model, quantization=quantization_config(settings.finetune))
@@ -117,7 +127,7 @@ class LLMSession:
         self.seed = ctx.seed
         if self.tracked is not None:   # one pilot interview, its options as this run shows them
             sim = settings.simulate
-            shown = "fixed" if sim.option_order == "averaged" else sim.option_order
+            shown = sim.shown_order
             example = self.renderer.text(messages(spec, self.pilot_given[0], self.pilot_answers[0],
                                                   show_persona=self.renderer.show_persona,
                                                   orders=interview_orders(spec, shown, seed=self.seed)), False)
@@ -133,6 +143,8 @@ class LLMSession:
         """Twins of `who.evaluation` answer (options in `simulate.option_order`, random orders
         seeded by `seed`, the stream's); an arm's own interview (`arm`) logs its speed and, with
         `simulate.position_metrics`, scores every question forward and reversed too."""
+        from fidelity_exp.llm.engine import simulate
+
         given = self.twins if given is None else given
         stream = self.uniforms if stream is None else stream
         sim = self.settings.simulate
@@ -160,12 +172,12 @@ class LLMSession:
         from fidelity_exp.llm import adapters
         from fidelity_exp.llm.finetune import finetune
 
-        cfg = self.settings.finetune
-        if cfg.method == "registered":
-            log.info("finetuned arm: loading the adapter %s", cfg.uri)
-            return adapters.fetch_adapter(self.loaded.model, str(cfg.uri), self.settings.tracking_uri)
+        settings = self.settings.finetune
+        if settings.method == "registered":
+            log.info("finetuned arm: loading the adapter %s", settings.uri)
+            return adapters.fetch_adapter(self.loaded.model, settings.uri, self.settings.tracking_uri)
         on_step = (lambda step, loss: tracked.log_metrics({"train/loss": loss}, step=step)) if tracked else None
-        result = finetune(self.loaded, self.renderer, given, answers, cfg, on_step=on_step)
+        result = finetune(self.loaded, self.renderer, given, answers, settings, on_step=on_step)
         if tracked is not None:
             tracked.log_metrics({"perf/finetune_tokens_per_s": result.tokens_per_s,
                                  "perf/finetune_seconds": result.seconds,
@@ -201,11 +213,13 @@ class Finetuned(Arm):
 
     uses_llm: ClassVar[bool] = True
 
-    def check(self, *, finetune: Any = None) -> None:
+    def check(self, *, finetune: FinetuneSettings | None = None) -> None:
         if finetune is not None and finetune.method == "registered":
-            _check_local_adapter(finetune)
+            _check_local_adapter(finetune.uri)
 
     def simulate(self, ctx: ArmContext) -> Twins:
+        from fidelity_exp.llm.engine import uniforms_for
+
         session = ctx.llm()
         study, split = ctx.study, ctx.split
         if not split.folds:
@@ -239,14 +253,11 @@ class Finetuned(Arm):
                      position=scorings)
 
 
-def _check_local_adapter(finetune_cfg: DictConfig) -> None:
-    """A local adapter folder is checked before any run starts (an MLflow URI is fetched in the run)."""
+def _check_local_adapter(uri: str) -> None:
+    """A local adapter folder is checked before any run starts (an MLflow URI is fetched in the run).
+    `finetune.uri` is there (FinetuneSettings requires it with method: registered)."""
     from fidelity_exp.llm import adapters
 
-    if OmegaConf.is_missing(finetune_cfg, "uri") or not finetune_cfg.get("uri"):
-        raise ConfigError("finetune.uri", None, "expected models:/<name>/<version>, runs:/<run id>/adapter or a "
-                          "local adapter folder")
-    uri = str(finetune_cfg.uri)
     folder = adapters.local_folder(uri)
     if folder is None:
         return
@@ -259,7 +270,9 @@ def _check_local_adapter(finetune_cfg: DictConfig) -> None:
 def check_memory(settings: LLMSettings, study: Study, split: Split, finetunes: bool) -> None:
     """Refuse, before anything is loaded, a run whose estimated peak memory does not fit its
     device (llm/memory.py); `model.memory_check=false` skips it."""
-    if not settings.model.get("memory_check", True):
+    from fidelity_exp.llm import memory
+
+    if not settings.model.memory_check:
         return
     planned = memory_estimate(settings, study, split, finetunes)
     if planned is not None:
@@ -271,37 +284,38 @@ def memory_estimate(settings: LLMSettings, study: Study, split: Split, finetunes
     the longest interviews (token counts from the model's tokenizer); None when the model's
     architecture is unknown before loading (a hub model without `model.shape` and not cached) or
     its tokenizer cannot be loaded (the run then fails with that message when it loads the model)."""
-    model_cfg, sim = settings.model, settings.simulate
-    random = model_cfg.source == "random"
+    import torch
+
+    from fidelity_exp.llm import memory
+
+    model, sim = settings.model, settings.simulate
     try:
-        tokenizer = load_tokenizer(model_cfg.tokenizer if random else model_cfg)
+        tokenizer = load_tokenizer(model.tokenizer_source)
     except UserError as e:   # said again, in the run, when the model loads (a failed trial keeps its run)
         log.info("memory check skipped: the tokenizer cannot be loaded (%s)", e)
         return None
-    config = architecture_config(model_cfg, vocab_size=len(tokenizer)) or cached_config(model_cfg)
+    config = architecture_config(model.shape, model.architecture, vocab_size=len(tokenizer)) or cached_config(model)
     if config is None:
         log.info("memory check skipped: model %s names no shape (model.shape) and its config.json is not in the "
-                 "local cache", model_cfg.name)
+                 "local cache", model.name)
         return None
     ft = settings.finetune
     trains = finetunes and ft.method in TRAINED
-    lora = ft.get("lora") or {}
-    sizes = memory.Sizes.of(config, int(lora.get("rank", 0)) if trains else 0,
-                            list(lora.get("target_modules", [])) if trains else [])
-    device = resolve_device(str(model_cfg.device))
-    dtype = resolve_dtype(str(model_cfg.dtype), device)
+    sizes = memory.Sizes.of(config, ft.lora.rank if trains else 0, list(ft.lora.target_modules) if trains else [])
+    device = resolve_device(model.device)
+    dtype = resolve_dtype(model.dtype, device)
     renderer = Renderer(study.spec, tokenizer, show_persona=sim.show_persona)
     train_tokens = max(interview_lengths(renderer, study, split.pilot, answered=True)) if trains else 0
     twin_tokens = max(interview_lengths(renderer, study, split.evaluation, answered=False))
     segment = max(len(renderer.prompt_ids(g, [], 0)) for g in records(study.frame.loc[split.evaluation],
                                                                         study.spec.given_columns))
     work = memory.Work(dtype_bytes=torch.finfo(dtype).bits // 8, quantized=ft.method == "qlora",
-                       finetune=trains, train_batch=int(ft.batch_size) if trains else 0, train_tokens=train_tokens,
-                       answers=len(study.spec.questions), checkpointing=bool(ft.get("gradient_checkpointing", False)),
+                       finetune=trains, train_batch=ft.batch_size if trains else 0, train_tokens=train_tokens,
+                       answers=len(study.spec.questions), checkpointing=ft.gradient_checkpointing,
                        cpu=device.type == "cpu", simulate_batch=min(sim.batch_size, len(split.evaluation)),
                        simulate_tokens=twin_tokens, segment_tokens=segment)
     est = memory.estimate(sizes, work, memory.process_bytes(device))
-    what = (f"{model_cfg.name} ({sizes.parameters / 1e9:.2f}B parameters, {str(dtype).removeprefix('torch.')}"
+    what = (f"{model.name} ({sizes.parameters / 1e9:.2f}B parameters, {str(dtype).removeprefix('torch.')}"
             f"{', 4-bit base' if work.quantized else ''})")
     return est, work, device, what
 

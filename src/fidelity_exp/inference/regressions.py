@@ -29,8 +29,8 @@ import patsy
 
 from fidelity_exp.inference.prediction_powered import GLMS, Estimate, classical, effective_n, ppi
 from fidelity_exp.metrics.regression import FitFailure, degenerate
-from fidelity_exp.metrics.registry import clean, register_words
-from fidelity_exp.settings import Checked, option
+from fidelity_exp.metrics.registry import clean, register_other, register_words
+from fidelity_exp.settings import Checked, group, option
 from fidelity_exp.study.data import numeric_frame
 from fidelity_exp.study.spec import Regression, StudySpec
 from fidelity_exp.study.synthetic_file import PROB_SEP
@@ -39,6 +39,7 @@ RECTIFIABLE = GLMS   # the regression kinds (a spec's `family`) rectified here
 PREDICTIONS = ("expected", "sampled")
 
 
+@group("ppi")
 @dataclass
 class PPISettings(Checked):
     """The `ppi` keys (conf/config.yaml): how twins' answers enter the rectified regressions."""
@@ -50,6 +51,7 @@ TRUTH = "truth"
 PREFIXES = (*ESTIMATORS, TRUTH)
 register_words(*PREFIXES, prefix=True)
 register_words("width", "lambda", "effective_n", "median", "skipped")
+register_other(*(f"{prefix}/regression/*" for prefix in PREFIXES))
 
 
 def rectified_key(estimator: str, regression: str, *parts: str) -> str:

@@ -37,10 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fidelity_exp.llm.interview import Order, Renderer, interview_orders, shown_order
-
-
-ORDER_MODES = ("fixed", "reversed", "random", "averaged")   # simulate.option_order
+from fidelity_exp.llm.interview import Order, Renderer, interview_orders, shown_mode, shown_order
 
 
 @dataclass
@@ -94,9 +91,7 @@ class _Branches:
 
     @classmethod
     def of(cls, mode: str, position: bool) -> "_Branches":
-        if mode not in ORDER_MODES:
-            raise ValueError(f"option order {mode!r}: expected one of {', '.join(ORDER_MODES)}")
-        history = "fixed" if mode == "averaged" else mode
+        history = shown_mode(mode)
         if not position and mode != "averaged":
             return cls(history, (), "", "")
         extra = {"fixed": ("reversed",), "averaged": ("reversed",), "reversed": ("fixed",),

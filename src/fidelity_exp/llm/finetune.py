@@ -12,22 +12,23 @@ from it on a cluster); the loss of every step goes to MLflow through a callback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from fidelity_exp.errors import ArmFailed, ConfigError, UserError
-from fidelity_exp.llm.interview import Renderer, interview_orders
+from fidelity_exp.llm.interview import TRAINING_ORDERS, Renderer, interview_orders
 from fidelity_exp.llm.models import LoadedModel
-from fidelity_exp.settings import Checked, option, seed_option, typed
+from fidelity_exp.settings import Checked, group, option, seed_option, typed
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
-ORDERS = ("fixed", "random")   # finetune.option_order
 METHODS = ("none", "lora", "qlora", "registered")
 TRAINED = ("lora", "qlora")    # the methods that fine-tune an adapter on the pilot
 QUANT_TYPES = ("nf4", "fp4")
@@ -62,10 +63,11 @@ class QuantizationSettings(Checked):
     compute_dtype: str = option("bfloat16", one_of=COMPUTE_DTYPES)
 
 
+@group("finetune")
 @dataclass
 class FinetuneSettings(Checked):
-    """The `finetune` group (conf/finetune/*.yaml); `lora` is checked as `LoraSettings`, `uri` is
-    required by `method: registered`, `quantization` is `method: qlora`'s."""
+    """The `finetune` group (conf/finetune/*.yaml); `lora` is read into a `LoraSettings` (lora,
+    qlora), `quantization` into a `QuantizationSettings` (qlora); `uri` is `method: registered`'s."""
 
     method: str = option("lora", one_of=METHODS)
     uri: Optional[str] = None
@@ -79,7 +81,7 @@ class FinetuneSettings(Checked):
     warmup_steps: int = option(0, ge=0, what="an integer >= 0")
     group_by_length: bool = True
     gradient_checkpointing: bool = False   # recompute each layer's activations in backward: less memory, ~1/3 more time
-    option_order: str = option("fixed", one_of=ORDERS)
+    option_order: str = option("fixed", one_of=TRAINING_ORDERS)   # how the pilot interviews show options
     quantization: Optional[Dict[str, Any]] = None
     seed: int = seed_option()
 
@@ -94,21 +96,22 @@ class FinetuneSettings(Checked):
                                       "finetune.quantization")
 
 
-def quantization_config(cfg: Any):
+def quantization_config(settings: FinetuneSettings):
     """The transformers `BitsAndBytesConfig` of `finetune=qlora` (None for every other method)."""
-    if cfg is None or cfg.get("method") != "qlora":
+    if settings.method != "qlora":
         return None
+    import torch
     from transformers import BitsAndBytesConfig
 
-    q = cfg.get("quantization") or {}
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=str(q.get("quant_type", "nf4")),
-                              bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
-                              bnb_4bit_compute_dtype=getattr(torch, str(q.get("compute_dtype", "bfloat16"))))
+    q = settings.quantization
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant,
+                              bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype))
 
 
-def check_quantization(cfg: Any, device: torch.device) -> None:
+def check_quantization(settings: FinetuneSettings, device: "torch.device") -> None:
     """finetune=qlora needs CUDA and bitsandbytes: said before anything is loaded."""
-    if cfg is None or cfg.get("method") != "qlora":
+    if settings.method != "qlora":
         return
     if device.type != "cuda":
         raise ConfigError("finetune", "qlora", f"4-bit QLoRA runs on a CUDA GPU (bitsandbytes) and this run's device "
@@ -135,10 +138,10 @@ class FinetuneResult:
         return self.tokens / self.seconds if self.seconds else float("nan")
 
 
-def lora_config(lora: Any):
+def lora_config(lora: LoraSettings):
     from peft import LoraConfig
 
-    return LoraConfig(r=int(lora.rank), lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
+    return LoraConfig(r=lora.rank, lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
                       target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
@@ -148,7 +151,9 @@ class _Collator:
     def __init__(self, pad_id: int):
         self.pad_id, self.tokens = pad_id, 0
 
-    def __call__(self, batch: list[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[Mapping[str, list[int]]]) -> dict[str, "torch.Tensor"]:
+        import torch
+
         width = max(len(b["input_ids"]) for b in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -162,9 +167,8 @@ class _Collator:
 
 def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[Any]],
                  option_order: str = "fixed", seed: int = 0, epoch: int = 0):
-    """The pilot interviews as (input_ids, labels) rows; with `option_order=random` each
-    question's options in the order seeded by (seed, respondent, question, epoch)."""
-    _check_order(option_order)
+    """The pilot interviews as (input_ids, labels) rows; options in spec order (`fixed`) or
+    (`random`) in the order seeded by (seed, respondent, question, epoch)."""
     rows = []
     for i, (g, a) in enumerate(zip(given, answers, strict=True)):
         orders = (interview_orders(renderer.spec, option_order, seed=seed, who=i, epoch=epoch)
@@ -177,22 +181,10 @@ def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers
 
 def training_data(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[Any]],
                   option_order: str = "fixed", seed: int = 0) -> "_EpochData":
-    """What the Trainer reads: the same interviews every epoch (`fixed`), or rendered anew for
-    each epoch (`random`); `next_epoch()` is called as each epoch begins."""
+    """What the Trainer reads: the same interviews every epoch (`fixed`, `reversed`), or rendered
+    anew for each epoch (`random`); `next_epoch()` is called as each epoch begins."""
     return _EpochData(lambda epoch: training_set(renderer, given, answers, option_order, seed, epoch),
-                      per_epoch=option_order != "fixed")
-
-
-def option_order(cfg: Any) -> str:
-    """`finetune.option_order` (fixed when the group does not say)."""
-    mode = cfg.get("option_order", "fixed") if cfg is not None else "fixed"
-    _check_order(mode)
-    return str(mode)
-
-
-def _check_order(mode: Any) -> None:
-    if mode not in ORDERS:
-        raise ConfigError("finetune.option_order", mode, f"expected one of {', '.join(ORDERS)}")
+                      per_epoch=option_order == "random")
 
 
 @contextlib.contextmanager
@@ -205,31 +197,31 @@ def _quiet_trainer():
 
 
 def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[str, Any]],
-             answers: Sequence[Sequence[Any]], cfg: Any, *, on_step: Callable[[int, float], None] | None = None,
-             progress: bool = True) -> FinetuneResult:
+             answers: Sequence[Sequence[Any]], settings: FinetuneSettings, *,
+             on_step: Callable[[int, float], None] | None = None, progress: bool = True) -> FinetuneResult:
     """Attach a LoRA adapter to `loaded.model` and train it on the pilot interviews."""
+    import torch
     from peft import get_peft_model
     from transformers import TrainerCallback, TrainingArguments
 
-    if cfg.method not in TRAINED:
-        raise ConfigError("finetune.method", cfg.method, "expected lora or qlora (or finetune=none for no "
+    if settings.method not in TRAINED:
+        raise ConfigError("finetune.method", settings.method, "expected lora or qlora (or finetune=none for no "
                           "fine-tuning)")
-    dataset = training_data(renderer, given, answers, option_order(cfg), int(cfg.seed))
+    dataset = training_data(renderer, given, answers, settings.option_order, settings.seed)
     rows = dataset.rendered[0]
     if not rows:
         raise ConfigError("pilot", len(given), "the pilot has no answered question to fine-tune on")
-    checkpointing = bool(cfg.get("gradient_checkpointing", False))
     base = loaded.model
-    if cfg.method == "qlora":   # norms and the head in float32, inputs that carry gradients
+    if settings.method == "qlora":   # norms and the head in float32, inputs that carry gradients
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)   # the Trainer turns it on
-    torch.manual_seed(int(cfg.seed))                   # LoRA's A matrices start random
+    torch.manual_seed(settings.seed)                   # LoRA's A matrices start random
     with _quiet_trainer():   # peft 0.21 asks the same deprecated property
         try:
-            model = get_peft_model(base, lora_config(cfg.lora))
+            model = get_peft_model(base, lora_config(settings.lora))
         except ValueError as e:   # e.g. target modules the loaded model does not have: known only now
-            raise UserError(f"finetune.lora={dict(cfg.lora)}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"finetune.lora={dataclasses.asdict(settings.lora)}: {str(e).splitlines()[0]}") from None
     collator = _Collator(renderer.tokenizer.pad_token_id)
     result = FinetuneResult(model=model, examples=len(rows))
 
@@ -246,14 +238,14 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
     cuda = loaded.device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=int(cfg.batch_size), num_train_epochs=float(cfg.epochs),
-            max_steps=int(cfg.get("max_steps") or -1), learning_rate=float(cfg.learning_rate),
-            lr_scheduler_type=str(cfg.get("scheduler", "linear")), warmup_steps=int(cfg.get("warmup_steps", 0)),
-            weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], seed=int(cfg.seed),
-            data_seed=int(cfg.seed), use_cpu=not cuda, bf16=cuda and loaded.dtype == torch.bfloat16,
+            output_dir=tmp, per_device_train_batch_size=settings.batch_size, num_train_epochs=float(settings.epochs),
+            max_steps=settings.max_steps or -1, learning_rate=float(settings.learning_rate),
+            lr_scheduler_type=settings.scheduler, warmup_steps=settings.warmup_steps,
+            weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], seed=settings.seed,
+            data_seed=settings.seed, use_cpu=not cuda, bf16=cuda and loaded.dtype == torch.bfloat16,
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
-            **_checkpointing(checkpointing),
-            **_sampling(bool(cfg.get("group_by_length", True))),
+            **_checkpointing(settings.gradient_checkpointing),
+            **_sampling(settings.group_by_length),
         )
         with _quiet_trainer():
             trainer = _answer_loss_trainer()(model=model, args=args, train_dataset=dataset,
@@ -276,27 +268,32 @@ def finetune(loaded: LoadedModel, renderer: Renderer, given: Sequence[Mapping[st
     return result
 
 
-def _trainable(model: Any) -> dict[str, torch.Tensor]:
+def _trainable(model: Any) -> dict[str, "torch.Tensor"]:
     """A copy of the adapter's weights (what training may change; a few MB even at 8B)."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def check_changed(before: Mapping[str, torch.Tensor], model: Any, steps: int) -> None:
+def check_changed(before: Mapping[str, "torch.Tensor"], model: Any, steps: int) -> None:
     """Training that left every adapter weight exactly as it started had a zero gradient at
     every step (the optimizer moves a weight whenever its gradient is not zero): the adapter
     is the identity and a `finetuned` arm would be the base model under another name. Seen
     with bitsandbytes 0.50's CPU backend, whose inference layout of 4-bit weights is not
     differentiable; any other break between the loss and the adapter ends the same way."""
+    import torch
+
     if all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if n in before):
         raise ArmFailed(f"finetuned: fine-tuning changed nothing: after {steps} steps every one of the adapter's "
                         f"{len(before)} weight matrices is exactly as it started, so no gradient reached it; the "
                         "fine-tuned model would be the base model (no adapter is logged or registered)")
 
 
-def answer_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_loss(model: Any, input_ids: "torch.Tensor", attention_mask: "torch.Tensor",
+                labels: "torch.Tensor") -> "torch.Tensor":
     """Mean cross-entropy of the answer tokens, with the vocabulary projection computed only at
     the positions that predict them (a few per interview, instead of every position: the
     projection is a fifth of SmolLM2's parameters)."""
+    import torch
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state   # (B, T, H)
     targets = labels[:, 1:]                                                                     # (B, T-1)
@@ -340,9 +337,9 @@ def _takes(argument: str) -> bool:
     return argument in inspect.signature(TrainingArguments.__init__).parameters
 
 
-class _EpochData(torch.utils.data.Dataset):
-    """The pilot interviews, `render(epoch)` for each epoch when `per_epoch` (else epoch 0's
-    every time). Epoch 0 is rendered first: the length-grouping sampler reads it before
+class _EpochData:
+    """The pilot interviews (a map-style dataset: torch's DataLoader reads `len` and `[i]`),
+    `render(epoch)` for each epoch when `per_epoch` (else epoch 0's every time). Epoch 0 is rendered first: the length-grouping sampler reads it before
     training. Every epoch holds the same respondents in the same places; only the options'
     order changes."""
 

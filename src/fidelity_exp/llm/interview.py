@@ -34,6 +34,8 @@ from fidelity_exp.study.spec import Question, StudySpec
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 INSTRUCTION = "Answer with the letter of one option only."
 ORDERS = ("fixed", "reversed", "random")     # how a question's options are shown
+ORDER_MODES = (*ORDERS, "averaged")          # simulate.option_order: averaged is shown fixed, scored both ways
+TRAINING_ORDERS = ("fixed", "random")        # finetune.option_order: the spec's order, or a fresh one per epoch
 ORDER_STREAM = 3                             # random orders' stream (uniforms_for uses 2)
 Order = tuple  # option indices in shown order; None = the spec's order
 
@@ -50,6 +52,11 @@ def shown_order(mode: str, n_options: int, *, seed: int = 0, who: int = 0, quest
         key = [seed, ORDER_STREAM, who, question] + ([] if epoch is None else [epoch])
         return tuple(int(k) for k in np.random.default_rng(key).permutation(n_options))
     raise ValueError(f"option order {mode!r}: expected one of {', '.join(ORDERS)}")
+
+
+def shown_mode(mode: str) -> str:
+    """The order a twin is shown under the option-order mode `mode` (`averaged` shows spec order)."""
+    return "fixed" if mode == "averaged" else mode
 
 
 def interview_orders(spec: StudySpec, mode: str, *, seed: int = 0, who: int = 0, epoch: int | None = None

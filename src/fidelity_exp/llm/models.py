@@ -26,17 +26,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from fidelity_exp.errors import ConfigError, UserError
 from fidelity_exp.llm.assets import check_gguf, converted_dir, keep_converted, packaged_file
-from fidelity_exp.settings import Checked, option, seed_option, typed
+from fidelity_exp.settings import Checked, group, option, seed_option, typed
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 SOURCES = ("gguf_package", "hub", "random")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")   # torch's dtypes of these names (torch is imported when a model loads)
 
 
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
@@ -59,6 +60,7 @@ class TokenizerSettings(Checked):
         _needs(self, {"gguf_package": ("package", "file"), "hub": ("name_or_path",)})
 
 
+@group("model")
 @dataclass
 class ModelSettings(Checked):
     """The `model` group (conf/model/*.yaml): which keys a source needs is checked in `check`."""
@@ -73,7 +75,7 @@ class ModelSettings(Checked):
     seed: int = seed_option()              # random: the weights' seed
     shape: Optional[str] = None            # a shipped architecture (llm/shapes/NAME.json) or a config.json path
     architecture: Optional[Dict[str, Any]] = None   # random: LlamaConfig keys (or overrides of `shape`)
-    tokenizer: Optional[Dict[str, Any]] = None      # random: TokenizerSettings
+    tokenizer: Optional[Dict[str, Any]] = None      # random: read into a TokenizerSettings by `check`
     dtype: str = option("auto", one_of=("auto", *DTYPES))
     device: str = option("auto", pattern=DEVICE, what="auto, cpu, cuda, cuda:N or mps")
     trust_remote_code: bool = False
@@ -87,8 +89,13 @@ class ModelSettings(Checked):
             if self.architecture is None and self.shape is None:
                 raise ConfigError("architecture", None, "is required with source: random (or a shape, e.g. "
                                   "shape: llama3_1_8b)")
-            typed(TokenizerSettings, self.tokenizer, "tokenizer", "the model's tokenizer")
+            self.tokenizer = typed(TokenizerSettings, self.tokenizer, "tokenizer", "the model's tokenizer")
             _check_architecture(self.architecture or {})
+
+    @property
+    def tokenizer_source(self) -> "ModelSettings | TokenizerSettings":
+        """Where the tokenizer comes from: the model itself, or (source: random) `tokenizer`."""
+        return self.tokenizer if self.source == "random" else self
 
 
 def shape_file(shape: str) -> Path:
@@ -105,36 +112,37 @@ def shape_file(shape: str) -> Path:
     raise ConfigError("shape", shape, f"expected a shipped shape ({known}) or the path of a model's config.json")
 
 
-def architecture_config(cfg: Any, vocab_size: int | None = None):
-    """The transformers config of the model `cfg` describes, from its `shape` and `architecture`
-    alone (no weights, no download): None when neither is given (a hub or GGUF model without a
-    shape). A `random` model without a shape is a Llama over `vocab_size` tokens, tied embeddings."""
+def architecture_config(shape: str | None, architecture: Mapping[str, Any] | None = None,
+                        vocab_size: int | None = None):
+    """The transformers config of a model from its `model.shape` and `model.architecture` alone
+    (no weights, no download): None when neither is given (a hub or GGUF model without a shape).
+    A `random` model without a shape is a Llama over `vocab_size` tokens, tied embeddings."""
     from transformers import AutoConfig, LlamaConfig
 
-    arch = dict(cfg.get("architecture") or {})
-    if cfg.get("shape"):
-        path = shape_file(str(cfg.shape))
+    arch = dict(architecture or {})
+    if shape:
+        path = shape_file(shape)
         try:
             keys = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
             keys.pop("architectures", None)
             model_type = keys.pop("model_type")
             return AutoConfig.for_model(model_type, **{**keys, **arch})
         except (ValueError, KeyError, OSError) as e:
-            raise ConfigError("model.shape", str(cfg.shape), f"{path} is not a model config.json ({e})") from None
+            raise ConfigError("model.shape", shape, f"{path} is not a model config.json ({e})") from None
     if not arch:
         return None
     return LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **arch)
 
 
-def cached_config(cfg: Any):
+def cached_config(settings: ModelSettings):
     """A hub model's config.json from the local cache (or its local directory): None when it is
     not there. Only the config is read: no weights, no download."""
-    if cfg.get("source") != "hub":
+    if settings.source != "hub":
         return None
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(cfg.name_or_path), **{**_hub_kwargs(cfg), "local_files_only": True})
+        return AutoConfig.from_pretrained(settings.name_or_path, **{**_hub_kwargs(settings), "local_files_only": True})
     except (OSError, ValueError):
         return None
 
@@ -142,6 +150,7 @@ def cached_config(cfg: Any):
 def meta_model(config):
     """The model a config describes on PyTorch's `meta` device: its parameters have shapes and
     dtypes but no storage, so an 8B model is built in a second with no memory."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -178,70 +187,68 @@ class LoadedModel:
     name: str
     model: Any          # a transformers causal LM (eval mode)
     tokenizer: Any
-    device: torch.device
-    dtype: torch.dtype
+    device: "torch.device"
+    dtype: "torch.dtype"
 
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str) -> "torch.device":
+    import torch
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(spec: str, device: "torch.device") -> "torch.dtype":
+    """`model.dtype` (checked by ModelSettings: auto or one of DTYPES) as torch's dtype on `device`."""
+    import torch
+
     if spec == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if spec not in DTYPES:
-        raise ConfigError("model.dtype", spec, f"expected auto or one of {', '.join(DTYPES)}")
-    return DTYPES[spec]
+    return getattr(torch, spec)
 
 
-def load_model(cfg: Any, quantization: Any = None) -> LoadedModel:
-    """The model and tokenizer a `model` config describes, on its device, in eval mode.
+def load_model(settings: ModelSettings, quantization: Any = None) -> LoadedModel:
+    """The model and tokenizer the `model` group describes, on its device, in eval mode.
     `quantization` (a transformers `BitsAndBytesConfig`, from `finetune=qlora`) loads the base
     weights in 4 bits."""
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ConfigError("model.source", source, f"expected one of {', '.join(SOURCES)}")
-    device = resolve_device(str(cfg.get("device", "auto")))
-    dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
-    tokenizer = load_tokenizer(cfg.tokenizer if source == "random" else cfg)
-    if source == "random":
-        model = _random_model(cfg, tokenizer, dtype, device, quantization)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    tokenizer = load_tokenizer(settings.tokenizer_source)
+    if settings.source == "random":
+        model = _random_model(settings, tokenizer, dtype, device, quantization)
     else:
-        model = _pretrained_model(cfg, dtype, device, quantization)
+        model = _pretrained_model(settings, dtype, device, quantization)
     if quantization is None:
         model.to(device)
     model.eval()
-    log.info("model %s: %.1fM parameters, %s on %s", cfg.name, sum(p.numel() for p in model.parameters()) / 1e6,
+    log.info("model %s: %.1fM parameters, %s on %s", settings.name, sum(p.numel() for p in model.parameters()) / 1e6,
              str(dtype).removeprefix("torch."), device)
-    return LoadedModel(str(cfg.name), model, tokenizer, device, dtype)
+    return LoadedModel(settings.name, model, tokenizer, device, dtype)
 
 
-def _hub_kwargs(cfg: Any) -> dict:
-    return {"trust_remote_code": bool(cfg.get("trust_remote_code", False)), "revision": cfg.get("revision"),
+def _hub_kwargs(source: "ModelSettings | TokenizerSettings") -> dict:
+    return {"trust_remote_code": source.trust_remote_code, "revision": source.revision,
             "local_files_only": os.environ.get("HF_HUB_OFFLINE", "0") in ("1", "true", "True")}
 
 
-def load_tokenizer(cfg: Any):
+def load_tokenizer(source: "ModelSettings | TokenizerSettings"):
+    """The tokenizer of a model (`ModelSettings.tokenizer_source`): from a GGUF package or the hub."""
     from transformers import AutoTokenizer
 
-    source = cfg.get("source")
-    if source == "gguf_package":
-        return _gguf_tokenizer(str(cfg.package), str(cfg.file))
-    if source == "hub":
-        try:
-            tok = AutoTokenizer.from_pretrained(str(cfg.name_or_path), **_hub_kwargs(cfg))
-        except OSError as e:
-            raise UserError(_not_found(cfg, e)) from None
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        return tok
-    raise ConfigError("model.tokenizer.source", source, "expected gguf_package or hub")
+    if source.source == "gguf_package":
+        return _gguf_tokenizer(source.package, source.file)
+    try:
+        tok = AutoTokenizer.from_pretrained(source.name_or_path, **_hub_kwargs(source))
+    except OSError as e:
+        raise UserError(_not_found(source, e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 @functools.lru_cache(maxsize=4)
@@ -259,9 +266,10 @@ def _gguf_tokenizer(package: str, file: str, use_converted: bool = True):
     return tok
 
 
-def gguf_model(package: str, file: str, dtype: torch.dtype, use_converted: bool = True):
+def gguf_model(package: str, file: str, dtype: "torch.dtype", use_converted: bool = True):
     """The GGUF file's model de-quantised (float32, then `dtype`): from the converted copy beside
     the file when there is one (assets.converted_dir), else from the file, keeping a copy."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     path = packaged_file(package, file)
@@ -280,43 +288,46 @@ def gguf_model(package: str, file: str, dtype: torch.dtype, use_converted: bool 
     return model.to(dtype)
 
 
-def _pretrained_model(cfg: Any, dtype: torch.dtype, device: torch.device, quantization: Any = None):
+def _pretrained_model(settings: ModelSettings, dtype: "torch.dtype", device: "torch.device", quantization: Any = None):
     from transformers import AutoModelForCausalLM
 
-    if cfg.source == "gguf_package":
+    if settings.source == "gguf_package":
         if quantization is not None:
             raise ConfigError("model.source", "gguf_package", "finetune=qlora quantises hub weights: expected a "
                               "hub model (or a random one with a shape)")
-        return gguf_model(str(cfg.package), str(cfg.file), dtype)
+        return gguf_model(settings.package, settings.file, dtype)
     placed = {} if quantization is None else {"quantization_config": quantization, "device_map": {"": device}}
     try:
-        return AutoModelForCausalLM.from_pretrained(str(cfg.name_or_path), dtype=dtype, **placed, **_hub_kwargs(cfg))
+        return AutoModelForCausalLM.from_pretrained(settings.name_or_path, dtype=dtype, **placed,
+                                                    **_hub_kwargs(settings))
     except OSError as e:
-        raise UserError(_not_found(cfg, e)) from None
+        raise UserError(_not_found(settings, e)) from None
 
 
-def _not_found(cfg: Any, e: Exception) -> str:
-    offline = _hub_kwargs(cfg)["local_files_only"]
+def _not_found(source: "ModelSettings | TokenizerSettings", e: Exception) -> str:
+    offline = _hub_kwargs(source)["local_files_only"]
     hint = (" HF_HUB_OFFLINE=1 is set, so only the local cache is searched: download the model once with "
             "internet (huggingface-cli download NAME), or point model.name_or_path at a local directory."
             if offline else "")
-    return f"model.name_or_path={cfg.name_or_path!r}: cannot be loaded ({str(e).splitlines()[0]}).{hint}"
+    return f"model.name_or_path={source.name_or_path!r}: cannot be loaded ({str(e).splitlines()[0]}).{hint}"
 
 
-def _random_model(cfg: Any, tokenizer, dtype: torch.dtype, device: torch.device, quantization: Any = None):
+def _random_model(settings: ModelSettings, tokenizer, dtype: "torch.dtype", device: "torch.device",
+                  quantization: Any = None):
     """Random weights (seeded): a small Llama over the tokenizer's vocabulary (`architecture`),
     or a real model's shape (`shape`), created on its device in its dtype."""
+    import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    config = architecture_config(cfg, vocab_size=len(tokenizer))
+    config = architecture_config(settings.shape, settings.architecture, vocab_size=len(tokenizer))
     config.pad_token_id, config.bos_token_id, config.eos_token_id = (tokenizer.pad_token_id, tokenizer.bos_token_id,
                                                                      tokenizer.eos_token_id)
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    if not cfg.get("shape"):   # the tests' tiny Llama: built as always (its weights are the tests' fixtures)
+    torch.manual_seed(settings.seed)
+    if not settings.shape:   # the tests' tiny Llama: built as always (its weights are the tests' fixtures)
         model = LlamaForCausalLM(config).to(dtype)
     else:
         if config.vocab_size < len(tokenizer):
-            raise ConfigError("model.shape", str(cfg.shape), f"its vocabulary ({config.vocab_size} tokens) is "
+            raise ConfigError("model.shape", settings.shape, f"its vocabulary ({config.vocab_size} tokens) is "
                               f"smaller than the tokenizer's ({len(tokenizer)})")
         with torch.device(device if quantization is None else "cpu"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fidelity_exp.metrics.intervals import interval
+from fidelity_exp.metrics.suite import Options
 from fidelity_exp.metrics.registry import LOWER, KeyInfo, clean, interval_keys, register_derived, unprefixed_info
 from fidelity_exp.study.spec import StudySpec
 
@@ -54,9 +55,10 @@ def per_twin(forward: np.ndarray, reverse: np.ndarray) -> dict[str, np.ndarray]:
             "primacy": (forward[:, 0] + reverse[:, k - 1]) / 2 - 1 / k}
 
 
-def position_metrics(spec: StudySpec, scorings: OrderScorings, *, bootstrap: int = 200, seed: int = 0,
-                     method: str = "bias_aware") -> dict[str, float | None]:
-    """Section 12's keys (no arm prefix) from one arm's forward and reversed scorings."""
+def position_metrics(spec: StudySpec, scorings: OrderScorings, options: Options) -> dict[str, float | None]:
+    """Section 12's keys (no arm prefix) from one arm's forward and reversed scorings; intervals
+    with the run's metric options (`bootstrap` replicates, `seed`, `interval` method)."""
+    bootstrap, seed, method = options.bootstrap, options.seed, options.interval
     out: dict[str, float | None] = {}
     columns = {m: [] for m in MEASURES}   # measure -> per question (twins,)
     for q, fwd, rev in zip(spec.questions, scorings.forward, scorings.reverse, strict=True):

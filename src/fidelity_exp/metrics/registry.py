@@ -102,6 +102,9 @@ class Family:
 FAMILIES: Registry[Family] = Registry("metric family", key="metrics.families")
 COMPONENTS: Registry[Component] = Registry("fidelity_score component", key="metrics.score_components")
 DERIVED: list[KeyInfo] = []   # keys computed from the families' keys (fidelity_score)
+# Keys outside the arms' fidelity metrics (no interval, reference or test): the rectified estimates,
+# and what a run logs about itself (timings, throughput, training, a sweep's best value).
+OTHER: list[KeyInfo] = []
 _CACHE: dict[str, KeyInfo | None] = {}   # unprefixed key -> its declaration; emptied on every change
 
 
@@ -130,6 +133,23 @@ def register_derived(info: KeyInfo) -> KeyInfo:
     DERIVED.append(info)
     _CACHE.clear()
     return info
+
+
+def register_other(*patterns: str) -> None:
+    """Declare keys that are not an arm's fidelity metric, where the module that writes them lives."""
+    OTHER.extend(KeyInfo(p) for p in patterns)
+
+
+def declared(key: str) -> bool:
+    """Whether a key a run writes (metrics.json or MLflow) is declared here: an arm's metric, the
+    reference, a test or comparison, or one of `OTHER`."""
+    head, _, rest = key.partition("/")
+    if head == COMPARE:   # compare/<A__vs__B>/<key>/<what> or compare/<A__vs__B>/better_share
+        pair, _, compared = rest.partition("/")
+        key, _, what = compared.rpartition("/")
+        return split_pair(pair) is not None and (
+            compared == "better_share" or (what in COMPARISON and unprefixed_info(key) is not None))
+    return key_info(key) is not None or any(info.matches(key) for info in OTHER)
 
 
 def default_components() -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fidelity_exp.errors import ConfigError
-from fidelity_exp.settings import Checked, option, seed_option, typed
+from fidelity_exp.settings import Checked, group, option, seed_option, typed
 from fidelity_exp.metrics import registry, swap
 from fidelity_exp.metrics.encoded import Encoded, encode
 from fidelity_exp.metrics.intervals import METHODS, interval
@@ -31,6 +31,7 @@ MIN_DEFINED_SWAPS = 0.5      # a test needs at least this share of its swapped v
 SWAP_STREAM, COMPARE_STREAM = 2, 3   # seed offsets: the reference uses [seed, 1], the bootstrap seed itself
 
 
+@group("metrics")
 @dataclass
 class Options(Checked):
     """The metric options, also the `metrics` config group (`conf/metrics/default.yaml` documents

@@ -13,13 +13,13 @@ downstream (honest metrics, no leakage) rests on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
 
 from fidelity_exp.errors import ConfigError
-from fidelity_exp.settings import SEED_MAX, Checked, option, seed_option, typed
+from fidelity_exp.settings import Checked, SEED_MAX, group, option, seed_option
 from fidelity_exp.study.data import Study, subgroup_levels
 
 METHODS = ("random", "stratified")
@@ -100,6 +100,7 @@ class Split:
         return Split(pilot=self.pilot, evaluation=self.evaluation, validation=self.validation, folds=folds)
 
 
+@group("pilot")
 @dataclass
 class PilotSettings(Checked):
     """The `pilot` group (conf/pilot/*.yaml). `n`'s upper bound depends on the study: `draw_split`
@@ -119,6 +120,7 @@ class PilotSettings(Checked):
                               "pilot.by null for a simple random pilot")
 
 
+@group("eval")
 @dataclass
 class EvalSettings(Checked):
     """`eval`: how many evaluation humans (null: everyone not in the pilot), drawn with which seed."""
@@ -128,6 +130,7 @@ class EvalSettings(Checked):
     seed: Optional[int] = option(None, ge=0, le=SEED_MAX, nullable=True, what=f"a seed from 0 to {SEED_MAX}")
 
 
+@group("validation")
 @dataclass
 class ValidationSettings(Checked):
     """`validation`: humans held out from the pilot side for tuning."""
@@ -154,13 +157,10 @@ class SplitSettings:
     RECTIFY_KEYS: ClassVar[tuple[str, ...]] = ("pilot.finetune_fraction", "pilot.crossfit_folds")
 
     @classmethod
-    def from_config(cls, pilot: Any, eval_: Any, validation: Any, score_on: Any) -> "SplitSettings":
-        p = typed(PilotSettings, pilot, "pilot")
-        e = typed(EvalSettings, eval_, "eval")
-        v = typed(ValidationSettings, validation, "validation")
+    def of(cls, p: PilotSettings, e: EvalSettings, v: ValidationSettings, score_on: str) -> "SplitSettings":
+        """The split the typed `pilot`, `eval` and `validation` groups and `score_on` describe."""
         return cls(method=p.method, n=p.n, seed=p.seed, by=p.by, eval_n=e.n, eval_seed=e.seed, validation_n=v.n,
-                   finetune_fraction=p.finetune_fraction, crossfit_folds=p.crossfit_folds,
-                   score_on=str(score_on or "evaluation"))
+                   finetune_fraction=p.finetune_fraction, crossfit_folds=p.crossfit_folds, score_on=score_on)
 
     @property
     def rectified(self) -> bool:

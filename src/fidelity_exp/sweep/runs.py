@@ -14,11 +14,13 @@ import re
 from typing import Any, Mapping
 
 import pandas as pd
-from omegaconf import DictConfig
 
+from fidelity_exp.metrics.registry import register_other
+from fidelity_exp.paths import PathSettings
 from fidelity_exp.tracking.mlflow_run import (
     MAX_PARAM_LENGTH,
     TrackedRun,
+    TrackingSettings,
     get_or_create_experiment,
     git_state,
     open_client,
@@ -26,6 +28,7 @@ from fidelity_exp.tracking.mlflow_run import (
 )
 
 PARENT_ATTR = "mlflow_parent_run_id"
+register_other("best/value")   # the sweep's parent run: its best objective so far, at the trial's step
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -35,11 +38,11 @@ def masked(url: str) -> str:
 
 
 class SweepRuns:
-    def __init__(self, cfg: DictConfig, study_name: str):
-        self.uri = tracking_uri(cfg)
+    def __init__(self, tracking: TrackingSettings, paths: PathSettings, study_name: str):
+        self.uri = tracking_uri(tracking, paths)
         self.client = open_client(self.uri)
-        self.experiment_id = get_or_create_experiment(self.client, str(cfg.tracking.experiment),
-                                                      cfg.tracking.get("artifact_root"), self.uri)
+        self.experiment_id = get_or_create_experiment(self.client, tracking.experiment, tracking.artifact_root,
+                                                      self.uri)
         self.study_name = study_name
         self.parent_id: str | None = None
 

@@ -36,8 +36,9 @@ import subprocess
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -49,7 +50,8 @@ from fidelity_exp.errors import ConfigError
 from fidelity_exp.inference.regressions import ESTIMATORS, rectified_key
 from fidelity_exp.metrics import key_info
 from fidelity_exp.metrics.score import SCORE
-from fidelity_exp.paths import resolve
+from fidelity_exp.paths import PathSettings, resolve
+from fidelity_exp.settings import Checked, option, typed
 from fidelity_exp.study import SplitSettings
 from fidelity_exp.sweep.runs import SweepRuns, masked
 from fidelity_exp.sweep.space import SearchSpace, parse
@@ -61,8 +63,35 @@ INTERRUPTED = "interrupted"   # user attr of a trial failed because its job or i
 REMOTE_LAUNCHERS = ("SlurmLauncher", "RayAWSLauncher")   # trials run on other machines (hydra.launcher._target_)
 
 
-def default_storage(cfg: DictConfig) -> str:
-    path = resolve(cfg.paths.mlruns) / "optuna.db"
+@dataclass
+class SweeperSettings(Checked):
+    """`hydra.sweeper` (conf/hydra/sweeper/fidelity_optuna.yaml documents each key)."""
+
+    objective: str = f"finetuned/{SCORE}"   # a metric key the runs produce
+    direction: Optional[str] = option(None, one_of=("minimize", "maximize"), nullable=True,
+                                      what="minimize, maximize or null")
+    sampler: str = option("tpe", one_of=SAMPLERS)
+    sampler_kwargs: Dict[str, Any] = option({})
+    seed: Optional[int] = None
+    n_trials: int = 20
+    batch_size: Optional[int] = option(None, ge=1, nullable=True, what="a positive integer or null")
+    storage: Optional[str] = None
+    heartbeat_interval: int = option(10, ge=1, what="a positive number of seconds")
+    grace_period: int = option(60, ge=1, what="a positive number of seconds")
+    max_retry: Optional[int] = option(3, ge=0, nullable=True, what="a number of retries >= 0, or null (no limit)")
+    study_name: Optional[str] = None
+    params: Dict[str, Any] = option({})
+
+    def check(self) -> None:
+        if self.sampler != "grid" and self.n_trials < 1:
+            raise ConfigError("n_trials", self.n_trials, "expected a positive integer")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ConfigError("grace_period", self.grace_period, "expected more than hydra.sweeper.heartbeat_interval "
+                              f"({self.heartbeat_interval}): a live trial would look stale between two heartbeats")
+
+
+def default_storage(paths: PathSettings) -> str:
+    path = resolve(paths.mlruns) / "optuna.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -94,38 +123,23 @@ def _terminate(signum, frame):
 
 class OptunaSweep:
     def __init__(self, settings: Mapping[str, Any], config: DictConfig, hydra_context, launcher):
-        self.s = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(dict(settings)), resolve=True))
+        raw = OmegaConf.to_container(OmegaConf.create(dict(settings)), resolve=True)
+        self.s = typed(SweeperSettings, raw, "hydra.sweeper", "the sweeper's settings")
         self.config, self.hydra_context, self.launcher = config, hydra_context, launcher
         self.host, self.pid = socket.gethostname(), os.getpid()
-        if self.s.sampler not in SAMPLERS:
-            raise ConfigError("hydra.sweeper.sampler", self.s.sampler, f"expected one of {', '.join(SAMPLERS)}")
-        n = self.s.n_trials
-        if self.s.sampler != "grid" and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-            raise ConfigError("hydra.sweeper.n_trials", n, "expected a positive integer")
         self.batch_size = self._batch_size()
-        for key in ("heartbeat_interval", "grace_period"):
-            value = self.s.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"hydra.sweeper.{key}", value, "expected a positive number of seconds")
-        if self.s.grace_period <= self.s.heartbeat_interval:
-            raise ConfigError("hydra.sweeper.grace_period", self.s.grace_period, "expected more than "
-                              f"hydra.sweeper.heartbeat_interval ({self.s.heartbeat_interval}): a live trial would "
-                              "look stale between two heartbeats")
-        retry = self.s.get("max_retry")
-        if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
-            raise ConfigError("hydra.sweeper.max_retry", retry, "expected a number of retries >= 0, or null (no limit)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=retry)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=self.s.max_retry)
         self.beating: dict[int, int] = {}   # trial number -> trial id: the trials this process heartbeats
 
     # -- set-up -----------------------------------------------------------------------------
     def _batch_size(self) -> int:
-        size = self.s.get("batch_size")
-        if size is None:
-            launcher = self.config.hydra.launcher
-            size = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
-            size = os.cpu_count() or 1 if size == -1 else size
+        if self.s.batch_size is not None:
+            return self.s.batch_size
+        launcher = self.config.hydra.launcher   # the launcher's width: its own config, not ours
+        size = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
+        size = os.cpu_count() or 1 if size == -1 else size
         if not isinstance(size, int) or size < 1:
             raise ConfigError("hydra.sweeper.batch_size", size, "expected a positive integer or null")
         return int(size)
@@ -133,9 +147,10 @@ class OptunaSweep:
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
-    def check(self, space: SearchSpace) -> tuple[DictConfig, str]:
+    def check(self, space: SearchSpace) -> tuple[DictConfig, pipeline.Plan, str]:
         """Check the configs trials will run (all of a grid's; each param's values one at a time
-        for the other samplers) and the objective; returns the fixed config and the study direction."""
+        for the other samplers) and the objective; returns the fixed config, its plan and the
+        study direction."""
         base = self.compose(space.fixed)
         here = trials_run_here(self.config.hydra.launcher)
         fixed = pipeline.plan(base, dict(base.hydra.runtime.choices), device_checks=here)
@@ -146,9 +161,9 @@ class OptunaSweep:
             pipeline.plan(cfg, dict(cfg.hydra.runtime.choices), fixed.study if same_data else None,
                           device_checks=here)
         arms = fixed.arm_names
-        objective = str(self.s.objective)
+        objective = self.s.objective
         prefix = objective.split("/", 1)[0]
-        direction = self.s.get("direction")
+        direction = self.s.direction
         rectified = fixed.rectified or bool(set(SplitSettings.RECTIFY_KEYS) & set(space.distributions))
         if prefix in ESTIMATORS and rectified:   # e.g. ppi/regression/<r>/width/mean
             if direction is None:
@@ -166,20 +181,18 @@ class OptunaSweep:
                     raise ConfigError("hydra.sweeper.direction", None, f"{objective} has no better direction in the "
                                       "metric registry: set minimize or maximize")
                 direction = "maximize" if info.higher_is_better else "minimize"
-        if direction not in ("minimize", "maximize"):
-            raise ConfigError("hydra.sweeper.direction", direction, "expected minimize, maximize or null")
-        return base, direction
+        return base, fixed, direction
 
     def study_name(self, space: SearchSpace, base: DictConfig) -> str:
-        if self.s.get("study_name"):
-            return str(self.s.study_name)
+        if self.s.study_name:
+            return self.s.study_name
         sweep = dict(base.hydra.runtime.choices).get("sweep") or "sweep"
         digest = hashlib.sha1((space.signature() + str(self.s.objective)).encode()).hexdigest()[:8]
         return f"{sweep}-{base.data.name}-{digest}"
 
     def sampler(self, n_existing: int):
         seed = None if self.s.seed is None else int(self.s.seed) + n_existing
-        kwargs = dict(self.s.get("sampler_kwargs") or {})
+        kwargs = dict(self.s.sampler_kwargs)
         if self.s.sampler == "tpe":
             kwargs.setdefault("constant_liar", self.batch_size > 1)
             return optuna.samplers.TPESampler(seed=seed, **kwargs)
@@ -187,13 +200,13 @@ class OptunaSweep:
 
     # -- the sweep --------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> list[dict]:
-        space = parse(OmegaConf.to_container(self.s.params or {}), arguments)
+        space = parse(dict(self.s.params), arguments)
         if not space.distributions:
             raise ConfigError("hydra.sweeper.params", {}, "expected at least one swept param, e.g. "
                               "finetune.lora.rank: choice(4,8,16)")
-        base, direction = self.check(space)
+        base, fixed, direction = self.check(space)
         name = self.study_name(space, base)
-        url = str(self.s.storage or default_storage(base))
+        url = self.s.storage or default_storage(fixed.settings.paths)
         with first_use_lock(url), warnings.catch_warnings():   # several processes may start on one new sqlite file
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # the heartbeat, on purpose
             storage = optuna.storages.RDBStorage(
@@ -214,7 +227,8 @@ class OptunaSweep:
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         task_cfg = self._task_config(base)
-        self.runs = SweepRuns(task_cfg, name) if task_cfg.tracking.enabled else None
+        where = fixed.settings
+        self.runs = SweepRuns(where.tracking, where.paths, name) if where.tracking.enabled else None
         if self.runs:
             self.runs.open_parent(study, params=self._identity(space, direction, url, name), tags={
                 "sweep.n_trials": self.s.n_trials, "sweep.batch_size": self.batch_size,

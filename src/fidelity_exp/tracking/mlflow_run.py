@@ -30,8 +30,8 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from fidelity_exp.errors import ConfigError, UserError
-from fidelity_exp.paths import resolve, writable_folder
-from fidelity_exp.settings import Checked, option
+from fidelity_exp.paths import PathSettings, resolve, writable_folder
+from fidelity_exp.settings import Checked, group, option
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000   # MLflow 3's limit on a param value
@@ -47,6 +47,7 @@ RACE_ATTEMPTS = 5                           # retry_lost_race
 DUPLICATE_KEY = re.compile(r"UNIQUE constraint failed|IntegrityError|duplicate key value", re.I)
 
 
+@group("tracking")
 @dataclass
 class TrackingSettings(Checked):
     """The `tracking` group (conf/tracking/mlflow.yaml)."""
@@ -107,26 +108,27 @@ def _writable(folder, key: str, uri: str, origin: str) -> None:
         raise ConfigError(key, uri, e.expected, origin=origin) from None
 
 
-def check_store(cfg: DictConfig) -> str:
+def check_store(tracking: TrackingSettings, paths: PathSettings) -> str:
     """The run's tracking URI, checked before the run starts (the environment's
     MLFLOW_TRACKING_URI too), with the local artifact folder."""
-    uri = tracking_uri(cfg)
+    uri = tracking_uri(tracking, paths)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         check_uri(uri, "MLFLOW_TRACKING_URI", origin="environment")
     else:
-        check_uri(uri, "tracking.uri" if cfg.tracking.get("uri") else "paths.mlruns")
-    if _is_local(uri) and cfg.tracking.get("artifact_root"):
-        writable_folder(cfg.tracking.artifact_root, "tracking.artifact_root")
+        check_uri(uri, "tracking.uri" if tracking.uri else "paths.mlruns")
+    if _is_local(uri) and tracking.artifact_root:
+        writable_folder(tracking.artifact_root, "tracking.artifact_root")
     return uri
 
 
-def tracking_uri(cfg: DictConfig) -> str:
+def tracking_uri(tracking: TrackingSettings, paths: PathSettings) -> str:
+    """$MLFLOW_TRACKING_URI, else `tracking.uri`, else the sqlite store under `paths.mlruns`."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    if cfg.tracking.get("uri"):
-        return _absolute_sqlite(str(cfg.tracking.uri))
-    return "sqlite:///" + str(resolve(cfg.paths.mlruns) / "mlflow.db")
+    if tracking.uri:
+        return _absolute_sqlite(tracking.uri)
+    return "sqlite:///" + str(resolve(paths.mlruns) / "mlflow.db")
 
 
 def _absolute_sqlite(uri: str) -> str:
@@ -468,25 +470,25 @@ def settle_abandoned_runs(client, experiment_id: str, stale_after_s: float = 300
 
 
 @contextmanager
-def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
+def start_run(tracking: TrackingSettings, paths: PathSettings, *, run_name: str,
+              tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
     """Start a run in the configured experiment; mark it FINISHED, or FAILED with the reason as a tag.
 
     With `tracking.run_id` set (a sweep trial: the sweeper created the run as a child of the
     sweep's parent run), that run is used instead of a new one.
     """
-    uri = tracking_uri(cfg)
+    uri = tracking_uri(tracking, paths)
     client = open_client(uri)
-    experiment_id = get_or_create_experiment(client, str(cfg.tracking.experiment), cfg.tracking.get("artifact_root"),
-                                             uri)
-    settle_abandoned_runs(client, experiment_id, cfg.tracking.get("stale_after_s", 300))
+    experiment_id = get_or_create_experiment(client, tracking.experiment, tracking.artifact_root, uri)
+    settle_abandoned_runs(client, experiment_id, tracking.stale_after_s)
     from fidelity_exp.tracking.notebook import source_tags
 
     all_tags = {"mlflow.runName": run_name, **source_tags(), **git_state(), **owner_tags(),
                 **{k: v for k, v in tags.items() if v is not None}}
     all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
-    given = cfg.tracking.get("run_id")
+    given = tracking.run_id
     if given:
-        run = client.get_run(str(given))
+        run = client.get_run(given)
         if run.info.status in ("FINISHED", "FAILED", "KILLED"):   # e.g. a trial's job that started after its
             raise UserError(f"tracking.run_id={given}: that run already ended ({run.info.status}: "   # sweep gave it up
                             f"{run.data.tags.get('error', 'no reason given')}); not running it again")
@@ -498,7 +500,7 @@ def start_run(cfg: DictConfig, *, run_name: str, tags: Mapping[str, Any]) -> Ite
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         tracked = TrackedRun(client, run.info.run_id)
     try:
-        with Heartbeat(client, run.info.run_id, cfg.tracking.get("heartbeat_s", 30)):
+        with Heartbeat(client, run.info.run_id, tracking.heartbeat_s):
             yield tracked
             tracked.finish()
     except BaseException as e:

@@ -26,10 +26,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 
+from fidelity_exp.metrics.registry import register_other
 from fidelity_exp.study.spec import StudySpec
 from fidelity_exp.tracking.mlflow_run import retry_lost_race
 
 log = logging.getLogger(__name__)
+register_other("system/*")   # MLflow's system metrics (cpu, memory, ...), sampled while the run runs
 NOTE = "mlflow.note.content"
 UI_DEFAULT = "http://127.0.0.1:5000"    # `make ui`
 VIEW = "workflowType=machine_learning"
