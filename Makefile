@@ -40,11 +40,23 @@ $(QLORA): requirements/gpu.txt $(STAMP)
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/qlora -r requirements/gpu.txt
 	touch $@
 
-# The cluster tests (tests/cluster) need the local SLURM/PostgreSQL/MLflow-server cluster: it is
-# brought up before the suite and down after, whatever the suite's outcome.
-test: setup browser $(QLORA)
+# Two lanes (README, "Tests"). The default lane, every test not marked slow or cluster, runs on
+# TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process, so its module fixtures
+# run once). The slow lane (calibration, sweeps, crashes and signals, the browser, QLoRA, the
+# cluster) runs one test at a time, since several of its tests time what they watch. The cluster
+# tests (tests/cluster) need the local SLURM/PostgreSQL/MLflow-server cluster: it is brought up
+# before the slow lane and down after, whatever its outcome.
+TEST_WORKERS ?= auto
+FAST_LANE := -m "not slow and not cluster" -n $(TEST_WORKERS) --dist loadfile
+.PHONY: test-fast test-slow
+test: test-fast test-slow
+
+test-fast: setup
+	$(BIN)/python -m pytest $(FAST_LANE)
+
+test-slow: setup browser $(QLORA)
 	$(SUDO) deploy/local_cluster.sh up
-	$(BIN)/python -m pytest; status=$$?; $(SUDO) deploy/local_cluster.sh down; exit $$status
+	$(BIN)/python -m pytest -m "slow or cluster"; status=$$?; $(SUDO) deploy/local_cluster.sh down; exit $$status
 
 # A one-machine SLURM cluster, PostgreSQL and an MLflow tracking server (README, "Sweeps on a cluster").
 cluster-up: setup

@@ -18,7 +18,7 @@ from fidelity_exp.errors import UserError
 from fidelity_exp.metrics import Options
 
 from .conftest import CONF, REPO
-from .test_cli import cli
+from .command import cli
 
 
 def readme_example() -> str:

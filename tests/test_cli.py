@@ -1,26 +1,16 @@
-"""The command line as a user runs it: quickstart, help, --cfg, own specs via hydra.searchpath,
-and clean errors for bad input."""
+"""The command line as a user runs it: help and --cfg as real processes; own specs via
+hydra.searchpath and clean errors for bad input through the same entry point in this process
+(tests/command.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pandas as pd
-import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from .command import cli, main
 from .conftest import tiny_frame, tiny_spec
-
-
-def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FIDELITY_DEBUG")}
-    environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "fidelity_exp", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=300)
 
 
 def _runs(db: Path, experiment: str):
@@ -50,7 +40,7 @@ def test_own_spec_and_experiment_through_searchpath(tmp_path):
     (mine / "experiment" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /data: my_survey\n  - override /arms: [pilot_resample, tabular]\n"
         "pilot:\n  n: 20\narms:\n  tabular:\n    l2: 2.0\n")
-    done = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=mine", "metrics.bootstrap=10", cwd=tmp_path)
+    done = main(f"hydra.searchpath=[file://{mine}]", "+experiment=mine", "metrics.bootstrap=10", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "my_survey")
     assert runs[0].data.params["split.n_pilot"] == "20" and runs[0].data.params["arms.tabular.l2"] == "2.0"
@@ -58,7 +48,7 @@ def test_own_spec_and_experiment_through_searchpath(tmp_path):
 
     # the earlier form, a plain list in the experiment's body, is refused with how to write it now
     (mine / "experiment" / "old.yaml").write_text("# @package _global_\narms: [pilot_resample, tabular]\n")
-    old = cli(f"hydra.searchpath=[file://{mine}]", "+experiment=old", "data=my_survey", cwd=tmp_path)
+    old = main(f"hydra.searchpath=[file://{mine}]", "+experiment=old", "data=my_survey", cwd=tmp_path)
     assert old.returncode == 2 and "Traceback" not in old.stderr and "override /arms: [base, tabular]" in old.stderr
     assert runs[0].data.tags["study.spec_file"] == str(mine / "data" / "my_survey.yaml")
 
@@ -72,7 +62,7 @@ def test_bad_spec_is_one_clear_message_without_traceback(tmp_path):
     spec = tiny_spec(Path("survey.csv"), name="broken")
     spec["regressions"]["buy_model"]["formula"] = "buy ~ trust + incme"
     (mine / "data" / "broken.yaml").write_text(yaml.safe_dump(spec))
-    done = cli(f"hydra.searchpath=[file://{mine}]", "data=broken", cwd=tmp_path)
+    done = main(f"hydra.searchpath=[file://{mine}]", "data=broken", cwd=tmp_path)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert str(mine / "data" / "broken.yaml") in done.stderr
@@ -80,12 +70,12 @@ def test_bad_spec_is_one_clear_message_without_traceback(tmp_path):
     assert "2 problems" in done.stderr and "id 'r003'" in done.stderr   # the data's problem in the same report
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
-    debug = cli(f"hydra.searchpath=[file://{mine}]", "data=broken", cwd=tmp_path, env={"FIDELITY_DEBUG": "1"})
+    debug = main(f"hydra.searchpath=[file://{mine}]", "data=broken", cwd=tmp_path, env={"FIDELITY_DEBUG": "1"})
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_unknown_config_choice_lists_the_options(tmp_path):
-    done = cli("data=nonexistent", cwd=tmp_path)
+    done = main("data=nonexistent", cwd=tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "anes96" in done.stderr and "disclosure" in done.stderr
 

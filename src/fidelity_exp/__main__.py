@@ -19,7 +19,9 @@ bound_omegaconf_yaml()  # a YAML alias bomb is refused in milliseconds, not expa
 register_sweeps()  # the `sweep` group: sweeps/*.yaml (python -m fidelity_exp -m ... +sweep=lora)
 
 # A source checkout keeps the configs at the repository root; a wheel carries them inside the package.
-CONFIG_PATH = "conf" if (Path(__file__).parent / "conf").is_dir() else "../../conf"
+# Absolute, so that the configs are found however main() is reached (`python -m`, the console script, a test).
+_HERE = Path(__file__).resolve().parent
+CONFIG_PATH = str(_HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parents[1] / "conf")
 log = logging.getLogger("fidelity_exp")
 
 

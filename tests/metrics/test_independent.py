@@ -15,7 +15,7 @@ import yaml
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy, spearmanr
 
-from ..test_cli import cli
+from ..command import cli
 
 QUESTIONS = {  # column -> (type, role, codes)
     "q.trust": ("ordinal", "belief", [1, 2, 3, 4, 5]),

@@ -1,4 +1,6 @@
-"""The catalogue of broken inputs, each through the real command line in a fresh directory.
+"""The catalogue of broken inputs, each through the command line's entry point in a fresh directory
+(`fidelity_exp.__main__.main` with its argv, in this process: tests/command.py; the cases in
+`AS_PROCESSES` also as real `python -m fidelity_exp` processes).
 
 Every case must end with a non-zero exit, one message that names the file, key and value and
 says what was expected, no Python traceback, and no run left RUNNING in the store (a run that
@@ -7,7 +9,6 @@ had started must be FAILED with the reason as its `error` tag; most cases never 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from ..conftest import tiny_frame, tiny_spec
-from ..test_cli import cli
+from ..command import cli, main
 from .store import run_rows
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
@@ -360,21 +361,29 @@ def _runs(folder: Path) -> list[tuple[str, str | None]]:
     return [(status, error) for _, status, error in run_rows(db)] if db.exists() else []
 
 
+# One case of each kind also runs as a real process: the spec, the data, Hydra's own parsing, a
+# typed option, a synthetic file, the tracking store from the environment, a model check.
+AS_PROCESSES = ("malformed_yaml", "column_missing_from_data", "unknown_config_key", "lora_rank_zero",
+                "synthetic_unknown_code", "tracking_uri_from_the_environment", "an_8b_model_in_float32_on_this_machine")
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every case run once, two commands at a time (each in its own directory): name -> (folder, result)."""
-    def one(name: str):
-        folder = tmp_path_factory.mktemp(name)
-        return name, folder, cli(*CASES[name].prepare(folder), cwd=folder, env=CASES[name].env)
+    """Every case run once through the entry point, the `AS_PROCESSES` ones also as processes (each
+    in its own directory): (name, how) -> (folder, result)."""
+    done = {}
+    for name in sorted(CASES):
+        for how, run in (("main", main), ("process", cli)):
+            if how == "main" or name in AS_PROCESSES:
+                folder = tmp_path_factory.mktemp(f"{name}-{how}")
+                done[name, how] = folder, run(*CASES[name].prepare(folder), cwd=folder, env=CASES[name].env)
+    return done
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return {name: (folder, done) for name, folder, done in pool.map(one, sorted(CASES))}
 
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_one_clear_message_nothing_half_written(name, outcomes):
+@pytest.mark.parametrize("name, how", [(n, "main") for n in sorted(CASES)] + [(n, "process") for n in AS_PROCESSES])
+def test_bad_input_one_clear_message_nothing_half_written(name, how, outcomes):
     case = CASES[name]
-    tmp_path, done = outcomes[name]
+    tmp_path, done = outcomes[name, how]
     message = done.stderr.strip()
     assert done.returncode != 0, f"{name}: exit 0\n{done.stdout[-2000:]}"
     assert "Traceback" not in done.stderr, f"{name}: traceback\n{done.stderr[-3000:]}"
@@ -391,4 +400,4 @@ def test_bad_input_one_clear_message_nothing_half_written(name, outcomes):
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CASES) >= 70
+    assert len(CASES) >= 70 and set(AS_PROCESSES) <= set(CASES)

@@ -1,4 +1,4 @@
-"""A property of every run (hypothesis, through the real command line): config values drawn
+"""A property of every run (hypothesis, through the command line's entry point, tests/command.py): config values drawn
 across and beyond their declared ranges either end with exit 2, one message naming the key and
 no run in the store, or with exit 0 and well-formed metrics (every value None or finite, within
 its declared bounds). Never exit 0 with a wrong number, never a traceback."""
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fidelity_exp.metrics.registry import unprefixed_info
 
-from ..test_cli import cli
+from ..command import main
 from .test_bad_input import _runs, _study
 
 ODD = st.sampled_from([float("nan"), float("inf"), -float("inf")])
@@ -47,7 +47,7 @@ def _text(value) -> str:
 def test_every_run_refuses_cleanly_or_reports_well_formed_metrics(tmp_path_factory, values):
     folder = tmp_path_factory.mktemp("prop")
     overrides = [f"{k}={_text(v)}" for k, v in values.items()]
-    done = cli(*_study(folder), *overrides, "hydra.run.dir=out", cwd=folder)
+    done = main(*_study(folder), *overrides, "hydra.run.dir=out", cwd=folder)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     if done.returncode != 0:
         assert done.returncode == 2, done.stderr[-2000:]

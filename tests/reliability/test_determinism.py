@@ -7,7 +7,8 @@ import hashlib
 
 import pytest
 
-from ..test_cli import _runs, cli
+from ..command import cli
+from ..test_cli import _runs
 
 RUN = ("+experiment=quickstart", "model=tiny_random", "finetune.max_steps=3", "eval.n=40", "metrics.bootstrap=10",
        "metrics.reference_splits=2")

@@ -15,7 +15,7 @@ import pytest
 from fidelity_exp.metrics.registry import bare_key, interval_keys, unprefixed_info
 
 from ..conftest import tiny_frame
-from ..test_cli import cli
+from ..command import cli
 from .test_bad_input import _study
 
 FAST = ("metrics.bootstrap=20", "metrics.permutations=20", "metrics.reference_splits=2", "tracking.enabled=false")

@@ -12,7 +12,7 @@ import pandas as pd
 from fidelity_exp.study.spec import parse_spec
 
 from ..conftest import tiny_frame
-from ..test_cli import cli
+from ..command import cli
 from .store import query
 from .test_bad_input import _study
 

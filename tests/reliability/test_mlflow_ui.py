@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ..conftest import REPO
-from ..test_cli import cli
+from ..command import cli
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 METRIC = "finetuned/divergence/js/mean"

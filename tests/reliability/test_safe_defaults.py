@@ -14,12 +14,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from fidelity_exp.errors import UserError
-from fidelity_exp.llm.models import _hub_kwargs
+from fidelity_exp.llm.models import ModelSettings, _hub_kwargs
+from fidelity_exp.settings import typed
 from fidelity_exp.study import load_spec_file
 from fidelity_exp.study import loading as spec_loading
 
 from ..conftest import REPO, tiny_frame, tiny_spec
-from ..test_cli import cli
+from ..command import main
 
 
 def test_every_mlflow_ui_command_we_document_binds_to_loopback():
@@ -37,8 +38,9 @@ def test_every_mlflow_ui_command_we_document_binds_to_loopback():
 def test_no_remote_code_unless_the_user_opts_in():
     for preset in sorted((REPO / "conf" / "model").glob("*.yaml")):
         assert OmegaConf.load(preset).get("trust_remote_code") is False, preset.name
-    assert _hub_kwargs(OmegaConf.create({"name_or_path": "x"}))["trust_remote_code"] is False   # unset: off
-    assert _hub_kwargs(OmegaConf.create({"trust_remote_code": True}))["trust_remote_code"] is True
+    hub = {"source": "hub", "name_or_path": "x"}
+    assert _hub_kwargs(typed(ModelSettings, hub, "model"))["trust_remote_code"] is False   # unset: off
+    assert _hub_kwargs(typed(ModelSettings, {**hub, "trust_remote_code": True}, "model"))["trust_remote_code"] is True
 
 
 UNSAFE_CALLS = {
@@ -99,7 +101,7 @@ def test_paths_in_spec_and_config_never_lead_writes_outside_the_store(tmp_path):
     tiny_frame(60).to_csv(tmp_path / "survey.csv", index=False)            # the data live outside work/
     (conf / "mine.yaml").write_text(yaml.safe_dump(tiny_spec(Path("../survey.csv"), name="mine")))
     before = {p for p in tmp_path.rglob("*")}
-    done = cli(f"hydra.searchpath=[file://{work / 'my_conf'}]", "data=mine", "arms=[pilot_resample]", "pilot.n=20",
+    done = main(f"hydra.searchpath=[file://{work / 'my_conf'}]", "data=mine", "arms=[pilot_resample]", "pilot.n=20",
                "metrics.bootstrap=5", "metrics.reference_splits=2", "tracking.experiment=../../../escaped",
                cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ..test_cli import cli
+from ..command import cli
 
 TINY = ["model=tiny_random", "finetune.max_steps=2", "eval.n=60", "validation.n=40", "metrics.bootstrap=10",
         "metrics.reference_splits=2"]
