@@ -121,6 +121,37 @@ def test_position_scoring_leaves_the_fixed_interview_unchanged(study, base):
     assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(same.probabilities, other.probabilities))
 
 
+@pytest.mark.parametrize("mode", ["fixed", "random"])
+def test_position_scoring_of_a_subsample_leaves_every_interview_as_it_was(study, base, mode):
+    """`position_rows`: the forward and reversed scorings of those twins only (in that order), the
+    same as when every twin is scored; every twin's own interview is bit for bit the same (batch 4
+    of 6: batches with and without scored twins)."""
+    s, _ = study
+    r, twins = Renderer(s.spec, base.tokenizer), twins_of(study)
+    run = lambda **kw: simulate(base.model, r, twins, uniforms_for(len(twins), 5, 1), batch_size=4,
+                                option_order=mode, order_seed=2, position=True, **kw)
+    every, some = run(), run(position_rows=[5, 1])
+    assert some.answers == every.answers
+    for j in range(5):
+        np.testing.assert_array_equal(some.probabilities[j], every.probabilities[j])
+        np.testing.assert_allclose(some.forward[j], every.forward[j][[5, 1]], atol=1e-5)
+        np.testing.assert_allclose(some.reverse[j], every.reverse[j][[5, 1]], atol=1e-5)
+    assert some.tokens < every.tokens
+    with pytest.raises(ValueError, match="position_rows"):
+        run(position_rows=[1, 1])
+
+
+def test_the_position_subsample_is_seeded_and_shared_by_the_arms():
+    from fidelity_exp.arms.llm import SimulateSettings
+
+    rows = SimulateSettings(position_twins=50, seed=0).position_rows(200)
+    assert rows == sorted(set(rows)) and len(rows) == 50 and all(0 <= i < 200 for i in rows)
+    assert rows == SimulateSettings(position_twins=50, seed=0).position_rows(200)     # every arm: the same twins
+    assert rows != SimulateSettings(position_twins=50, seed=1).position_rows(200)
+    assert SimulateSettings(position_twins="all").position_rows(200) is None
+    assert SimulateSettings(position_twins=50).position_rows(40) is None             # fewer twins: every one
+
+
 def _letter_model(tokenizer, preference: float):
     """A hand-built model: the tiny Llama whose output ignores its input and gives the letter A
     a logit of `preference` (0: every letter alike)."""

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import pandas as pd
 
 from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
@@ -34,6 +35,8 @@ from fidelity_exp.settings import Checked, group, option, seed_option
 from fidelity_exp.study.data import Study
 from fidelity_exp.study.split import Split
 from fidelity_exp.study.synthetic_file import PROB_SEP
+
+POSITION_STREAM = 6   # seed offset of the position metrics' subsample of twins (uniforms use 2, orders 3)
 
 # What the LLM arms log about themselves (throughput, training), beside the fidelity metrics.
 register_other("perf/*/respondent_questions_per_s", "perf/*/simulate_tokens_per_s", "perf/*/simulate_seconds",
@@ -58,6 +61,20 @@ class SimulateSettings(Checked):
     seed: int = seed_option()
     option_order: str = option("fixed", one_of=ORDER_MODES)
     position_metrics: bool = True
+    position_twins: Any = 50          # twins scored forward and reversed (a seeded subsample), or "all"
+
+    def check(self) -> None:
+        n = self.position_twins
+        if n != "all" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError("position_twins", n, "expected a number of twins >= 1, or all (every twin)")
+
+    def position_rows(self, n_twins: int) -> list[int] | None:
+        """The twins (indices into the evaluation twins) whose questions the position metrics score
+        both ways: `position_twins` of them drawn with the seed, the same for every arm; None for all."""
+        if self.position_twins == "all" or self.position_twins >= n_twins:
+            return None
+        rng = np.random.default_rng([self.seed, POSITION_STREAM])
+        return sorted(int(i) for i in rng.choice(n_twins, size=self.position_twins, replace=False))
 
     @property
     def shown_order(self) -> str:
@@ -153,7 +170,8 @@ class LLMSession:
             result = simulate(model, self.renderer, given, stream, temperature=sim.temperature,
                               batch_size=sim.batch_size, progress=bar.update, option_order=sim.option_order,
                               order_seed=self.seed if seed is None else seed,
-                              position=sim.position_metrics and arm is not None)
+                              position=sim.position_metrics and arm is not None,
+                              position_rows=sim.position_rows(len(given)))
         rq = len(given) * n_questions / result.seconds
         log.info("%s: %d twins x %d questions in %.1f s: %.2f respondent-questions/s, %.0f tokens/s", what,
                  len(given), n_questions, result.seconds, rq, result.tokens / result.seconds)

@@ -105,7 +105,8 @@ class _Branches:
 def simulate(model: Any, renderer: Renderer, twins: Sequence[Mapping[str, Any]], uniforms: np.ndarray, *,
              temperature: float = 1.0, batch_size: int = 16, pad_id: int | None = None,
              progress: Callable[[int], None] | None = None, share_prefix: bool = True,
-             option_order: str = "fixed", order_seed: int = 0, position: bool = False) -> SimulationResult:
+             option_order: str = "fixed", order_seed: int = 0, position: bool = False,
+             position_rows: Sequence[int] | None = None) -> SimulationResult:
     """Interview every twin (`twins`: their given columns) and return answers and probabilities.
     `tokens` counts what the interviews need (the shared prefix once per twin), not what is computed.
 
@@ -115,7 +116,11 @@ def simulate(model: Any, renderer: Renderer, twins: Sequence[Mapping[str, Any]],
     `position=True` also scores every question forward and reversed with the twin's earlier
     answers held fixed (`SimulationResult.forward/reverse`): each extra scoring reads only
     the tokens after what it shares with the twin's own prompt (the options and the answer
-    slot), on the twin's KV cache, which is then rolled back."""
+    slot), on the twin's KV cache, which is then rolled back. `position_rows` (indices into
+    `twins`) limits those scorings to a subsample: `forward/reverse` then hold its rows, in that
+    order; every twin's own interview is read exactly as with all rows scored (the tokens the
+    scorings share are read for every twin). `averaged` needs both scorings of every twin: there
+    the subsample is ignored."""
     import time
 
     spec = renderer.spec
@@ -126,8 +131,13 @@ def simulate(model: Any, renderer: Renderer, twins: Sequence[Mapping[str, Any]],
     answers: list[list[Any]] = [[None] * n_q for _ in range(n)]
     probs = [np.zeros((n, len(q.options))) for q in spec.questions]
     scored = bool(branches.extra)
-    forward = [np.zeros_like(p) for p in probs] if scored else None
-    reverse = [np.zeros_like(p) for p in probs] if scored else None
+    if position_rows is None or branches.average or not scored:
+        position_rows = range(n)
+    where = {int(i): k for k, i in enumerate(position_rows)}    # twin -> its row in forward/reverse
+    if len(where) != len(position_rows) or not all(0 <= i < n for i in where):
+        raise ValueError(f"position_rows: expected distinct twin indices below {n}")
+    forward = [np.zeros((len(where), len(q.options))) for q in spec.questions] if scored else None
+    reverse = [np.zeros((len(where), len(q.options))) for q in spec.questions] if scored else None
     orders = [interview_orders(spec, branches.history, seed=order_seed, who=i) for i in range(n)]
     first = [renderer.prompt_ids(t, [], 0, o) for t, o in zip(twins, orders, strict=True)]
     by_length = sorted(range(n), key=lambda i: len(first[i]))   # similar lengths together: less padding
@@ -141,12 +151,13 @@ def simulate(model: Any, renderer: Renderer, twins: Sequence[Mapping[str, Any]],
         for lo in range(0, n, batch_size):
             rows = by_length[lo : lo + batch_size]
             batch = _Batch(model, renderer, [twins[i] for i in rows], [orders[i] for i in rows], branches, pad_id,
-                           device, prefix)
+                           device, prefix, [r for r, i in enumerate(rows) if i in where])
             tokens += batch.interview([first[i] for i in rows], uniforms[rows], temperature)
+            out = [where[i] for i in rows if i in where]
             for j in range(n_q):
                 probs[j][rows] = batch.probs[j]
-                if scored:
-                    forward[j][rows], reverse[j][rows] = batch.forward[j], batch.reverse[j]
+                if scored and out:
+                    forward[j][out], reverse[j][out] = batch.forward[j], batch.reverse[j]
             for r, i in enumerate(rows):
                 answers[i] = batch.answers[r]
             if progress:
@@ -197,9 +208,10 @@ class _Batch:
     each twin's cache holds, question by question."""
 
     def __init__(self, model, renderer: Renderer, twins, orders, branches: _Branches, pad_id, device,
-                 prefix: _Prefix | None):
+                 prefix: _Prefix | None, scored_rows: list[int]):
         self.model, self.renderer, self.twins, self.orders = model, renderer, twins, orders
         self.branches, self.pad_id, self.device = branches, pad_id, device
+        self.scored_rows = scored_rows      # the twins (rows of this batch) scored in the extra orders
         b = len(twins)
         self.fed: list[list[int]] = [[] for _ in range(b)]          # tokens each twin's cache holds
         self.mask = torch.zeros((b, 0), dtype=torch.long, device=device)
@@ -231,7 +243,7 @@ class _Batch:
             self.fed = prompts   # fresh lists, never changed in place
             p = over_codes(option_probabilities(logits, renderer.option_tokens[j]), [o[j] for o in self.orders])
             if scored:
-                scored["main"] = p
+                scored["main"] = p[self.scored_rows]
                 self.forward[j], self.reverse[j] = scored[self.branches.forward], scored[self.branches.reverse]
                 if self.branches.average:
                     p = (self.forward[j] + self.reverse[j]) / 2
@@ -243,8 +255,10 @@ class _Batch:
 
     def _extra_scorings(self, j: int, prompts: list[list[int]]) -> dict[str, np.ndarray]:
         """Question j scored in each extra order (earlier answers as they are): first the tokens
-        every scoring of a twin shares are read into its cache (kept), then each extra scoring's
-        own tokens, read and rolled back. Returns mode -> (b, K) over codes."""
+        every scoring of a twin shares are read into its cache (kept; for every twin, so that its
+        own interview reads the same whichever twins are scored), then each extra scoring's own
+        tokens, read and rolled back, for the `scored_rows`. Returns mode -> (len(scored_rows), K)
+        over codes."""
         spec, renderer = self.renderer.spec, self.renderer
         k = len(spec.questions[j].options)
         alt_orders = {m: shown_order(m, k) for m in self.branches.extra}
@@ -261,15 +275,21 @@ class _Batch:
             self._read([p[len(f):c] for p, f, c in zip(prompts, self.fed, shared, strict=True)], keep=True)
             self.fed = [p[:c] for p, c in zip(prompts, shared, strict=True)]
         out = {}
+        if not self.scored_rows:
+            return out
         for m, alt_prompts in alts.items():
-            logits = self._read([p[len(f):] for p, f in zip(alt_prompts, self.fed, strict=True)], keep=False)
+            logits = self._read([alt_prompts[r][len(self.fed[r]):] for r in self.scored_rows], keep=False,
+                                rows=self.scored_rows)
             shown = option_probabilities(logits, renderer.option_tokens[j])
-            out[m] = over_codes(shown, [alt_orders[m]] * len(alt_prompts))
+            out[m] = over_codes(shown, [alt_orders[m]] * len(self.scored_rows))
         return out
 
-    def _read(self, segments: list[list[int]], keep: bool) -> torch.Tensor:
+    def _read(self, segments: list[list[int]], keep: bool, rows: list[int] | None = None) -> torch.Tensor:
         """Read each twin's segment (left-padded to one width) on top of its cache; the (b, V)
-        logits of the last position. `keep=False` rolls the cache back afterwards."""
+        logits of the last position. `keep=False` rolls the cache back afterwards. `rows` (with
+        keep=False): the segments are those of these twins of the batch only."""
+        if rows is not None and len(rows) < len(self.twins):
+            return self._read_some(segments, rows)
         b = len(segments)
         width = max(len(s) for s in segments)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
@@ -291,6 +311,26 @@ class _Batch:
             _drop_last(self.cache, width)
         self.read += int(seg_mask.sum())
         return out.logits[:, -1, :]
+
+    def _read_some(self, segments: list[list[int]], rows: list[int]) -> torch.Tensor:
+        """`_read(keep=False)` for some twins of the batch: their rows of the cache and mask are
+        selected, read on, and the batch's own cache and mask are left as they were."""
+        index = torch.tensor(rows, device=self.device)
+        layers = getattr(self.cache, "layers", None)
+        saved = [(layer.keys, layer.values) for layer in layers] if layers is not None else None
+        whole_cache, whole_mask, whole_twins = self.cache, self.mask, self.twins
+        if saved is None and whole_cache is not None:   # a cache without per-layer tensors: a copy of the rows
+            self.cache = copy.deepcopy(whole_cache)
+        if self.cache is not None:
+            self.cache.batch_select_indices(index)
+        self.mask, self.twins = whole_mask[index], [whole_twins[r] for r in rows]
+        try:
+            return self._read(segments, keep=True)  # on the selected rows: nothing of the batch's is changed
+        finally:
+            if saved is not None:
+                for layer, (keys, values) in zip(layers, saved, strict=True):
+                    layer.keys, layer.values = keys, values
+            self.cache, self.mask, self.twins = whole_cache, whole_mask, whole_twins
 
 
 def _drop_last(cache: Any, n: int) -> None:
