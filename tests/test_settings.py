@@ -86,3 +86,58 @@ def test_the_metric_options_defaults_are_written_once():
     assert {k: v for k, v in written.items() if k != "seed"} == {k: v for k, v in defaults.items() if k != "seed"}
     signature = inspect.signature(api.score).parameters
     assert all(signature[k].default == v for k, v in defaults.items())
+
+
+def _outside(rule: Rule, kind: type):
+    """A value just outside a declared rule (None when the rule gives nothing to step over)."""
+    if rule.one_of is not None:
+        return "not_one_of_them"
+    step = 1 if kind is int else 0.5
+    for bound, value in (("ge", rule.ge), ("gt", rule.gt), ("le", rule.le), ("lt", rule.lt)):
+        if value is not None and abs(value) < 2**40:
+            return {"ge": value - step, "gt": value, "le": value + step, "lt": value}[bound]
+    return None
+
+
+def _declared_ranges():
+    """(key, value) for every field of every registered group with a declared range (and the
+    nested groups those read), each with a value just outside it: generated from the rules."""
+    import dataclasses
+    import typing
+
+    from fidelity_exp.llm.finetune import LoraSettings
+    from fidelity_exp.llm.models import TokenizerSettings
+    from fidelity_exp.settings import GROUPS, RunSettings
+
+    nested = {"finetune.lora": LoraSettings, "model.tokenizer": TokenizerSettings}
+    for prefix, cls in [("", RunSettings), *GROUPS.items(), *nested.items()]:
+        if prefix in ("evaluate", "model.tokenizer"):     # read only by +experiment=evaluate / model=tiny_random
+            continue
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            rule = f.metadata.get("rule")
+            kind = int if hints[f.name] in (int, typing.Optional[int]) else float
+            value = _outside(rule, kind) if rule is not None else None
+            if value is not None:
+                yield (f"{prefix}.{f.name}" if prefix else f.name), value
+
+
+RANGES = list(_declared_ranges())
+
+
+def test_every_group_declares_ranges():
+    keys = {k.split(".")[0] for k, _ in RANGES}
+    assert {"seed", "pilot", "eval", "validation", "metrics", "model", "finetune", "simulate", "tracking",
+            "ppi"} <= keys, keys
+    assert len(RANGES) >= 30
+
+
+@pytest.mark.parametrize("key, value", RANGES, ids=[k for k, _ in RANGES])
+def test_a_value_just_outside_its_declared_rule_is_refused_naming_its_key(key, value):
+    extra = ["pilot=stratified", "pilot.by=party"] if key == "pilot.by" else []
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*extra, f"++{key}={value}"])   # ++: also a key the preset leaves out
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg)
+    assert e.value.key == key, (e.value.key, key)
+    assert "expected" in e.value.expected.lower() or "not a valid" in e.value.expected
