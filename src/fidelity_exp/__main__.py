@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from fidelity_exp.errors import UserError
+from fidelity_exp.errors import Terminated, UserError, raise_terminated
 from fidelity_exp.study.loading import AliasBomb, bound_omegaconf_yaml
 from fidelity_exp.sweep.configs import register_sweeps
 
@@ -86,6 +88,14 @@ def _inside_app(e: BaseException) -> bool:
 
 def _explained(message: str) -> str:
     """Hydra's message, with what the user can do about the common cases."""
+    unknown = re.search(r"Could not override '([\w.]+)'", message)
+    if unknown and "is not in struct" in message:   # a typo in a key: Hydra would advise `+key=...`
+        key = unknown.group(1)
+        value = re.search(rf"use \+{re.escape(key)}=(.*)", message)
+        close = _close_keys(key)
+        if close:   # else Hydra's own message (`+key=...` adds a key, e.g. to a spec under data.)
+            return (f"unknown key {key!r}: did you mean {close[0]}? ({close[0]}={value.group(1) if value else '...'}; "
+                    "the keys of each group: conf/<group>/*.yaml, or --cfg job)")
     missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^'/]+)'", message)
     if missing:
         group, name = missing.groups()
@@ -98,6 +108,23 @@ def _explained(message: str) -> str:
     if "Key 'baselines' is not in struct" in message:
         message += "\n(the baselines' options are now under arms: e.g. arms.tabular.l2=2)"
     return message
+
+
+def _close_keys(key: str) -> list[str]:
+    """The declared keys closest to a mistyped one (every typed group's fields, LoRA's, the arms')."""
+    import dataclasses
+    import difflib
+
+    from fidelity_exp import pipeline  # noqa: F401  (its imports register every group)
+    from fidelity_exp.arms import ARMS
+    from fidelity_exp.llm.finetune import LoraSettings
+    from fidelity_exp.settings import GROUPS, RunSettings
+
+    known = [f.name for f in dataclasses.fields(RunSettings)]
+    known += [f"{g}.{f.name}" for g, cls in GROUPS.items() for f in dataclasses.fields(cls)]
+    known += [f"finetune.lora.{f.name}" for f in dataclasses.fields(LoraSettings)]
+    known += [f"arms.{a}.{f.name}" for a in ARMS for f in dataclasses.fields(ARMS[a]) if f.name != "name"]
+    return difflib.get_close_matches(key, known, n=1, cutoff=0.75)
 
 
 def _group_options(group: str, search_path: list[str]) -> list[str]:
@@ -124,14 +151,26 @@ def main() -> None:
     HYDRA_FULL_ERROR=1 set by the user)."""
     wants_traceback = _debug() or os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"   # Hydra re-raises instead of printing a partial traceback
+    # SIGTERM stops a run like Ctrl-C (KILLED, with the reason) instead of leaving it RUNNING
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
     try:
         app()
+    except KeyboardInterrupt as e:
+        if wants_traceback:
+            raise
+        how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        print(f"fidelity_exp: stopped by {how}; a run in progress is marked KILLED with the reason", file=sys.stderr)
+        sys.exit(128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT))
     except Exception as e:
         message = None if wants_traceback else _user_mistake(e)
         if message is None:
             raise
         print(f"fidelity_exp: error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,23 @@ class UserError(Exception):
     """A problem with the user's input, explained in words the user can act on."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, `kill`, `docker stop` and a batch system's time limit send), raised
+    where the process is, so that it stops like Ctrl-C: a run in progress is marked KILLED with the
+    reason, a sweep's parent too."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"signal {signal.Signals(signum).name}")
+
+
+def raise_terminated(signum, frame):
+    """A signal handler: `signal.signal(signal.SIGTERM, raise_terminated)`."""
+    raise Terminated(signum)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with an input: where (`key`), and what was expected versus found."""

@@ -17,15 +17,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fidelity_exp import api, tracking
 from fidelity_exp.arms import Arm, ArmContext, build_arms, check_arm_names
 from fidelity_exp.arms.llm import BaseModel, Finetuned, LLMSession, LLMSettings, check_memory
-from fidelity_exp.errors import ArmFailed, ConfigError
+from fidelity_exp.errors import ArmFailed, ConfigError, UserError
 from fidelity_exp.inference.regressions import TwinSets, rectified_regressions
 from fidelity_exp.llm.finetune import TRAINED, FinetuneSettings, check_quantization
 from fidelity_exp.llm.interview import interview_orders
@@ -62,6 +62,7 @@ class Plan:
     files: dict[str, pd.DataFrame] = field(default_factory=dict)   # evaluate-only: arm -> checked file
     human: pd.DataFrame | None = None      # the scored humans (canonical frame)
     tracking_uri: str | None = None
+    cfg: DictConfig | None = None          # the config the run follows (what log_setup logs)
 
     @property
     def tracking(self):
@@ -137,6 +138,46 @@ def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
     return tuple((a, b) for a in llm for b in [*bases, *baselines] if a != b)
 
 
+def _hydra_runtime():
+    """Hydra's runtime config of this run (its sources, the user's overrides); None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _check_experiment_header(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    """An experiment file without `# @package _global_` puts all its values under `experiment.`,
+    where nothing reads them: refused, naming the file and the fix."""
+    if "experiment" not in cfg:
+        return
+    name = choices.get("experiment", "?")
+    hc = _hydra_runtime()
+    files = [Path(s.path) / "experiment" / f"{name}.yaml" for s in (hc.runtime.config_sources if hc else [])
+             if s.schema == "file"]
+    found = next((str(f) for f in files if f.is_file()), f"experiment/{name}.yaml")
+    raise UserError(f"{found}: +experiment={name} has no `# @package _global_` line at its top, so Hydra put all its "
+                    f"values under `experiment.` ({', '.join(map(str, cfg.experiment))}) and none of them would apply; "
+                    "add `# @package _global_` as the file's first line (conf/experiment/quickstart.yaml shows the form)")
+
+
+def _without_replaced_values(cfg: DictConfig, choices: Mapping[str, str]) -> DictConfig:
+    """An experiment's values for a group option the user replaced do not trip the run: `pilot.by`
+    from an experiment with `pilot: stratified`, when the command line says `pilot=random`
+    (the user's own `pilot.by=...` with pilot=random is still refused: PilotSettings)."""
+    pilot = cfg.get("pilot")
+    if choices.get("pilot") != "random" or pilot is None or pilot.get("by") is None:
+        return cfg
+    hc = _hydra_runtime()
+    typed_by_user = hc is None or any(o.split("=", 1)[0].lstrip("+~") == "pilot.by" for o in hc.overrides.task)
+    if typed_by_user:
+        return cfg
+    log.info("pilot=random: the experiment's pilot.by=%r (for a stratified pilot) is not used", pilot.by)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pilot.by = None
+    return cfg
+
+
 def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | None = None, *,
          device_checks: bool = True) -> Plan:
     """The run `cfg` describes, every part read from its own config group and checked.
@@ -144,6 +185,8 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     the memory check): a sweep checks its trials' configs where it sweeps, and each trial checks
     its device where it runs (a SLURM node, say)."""
     choices = choices or {}
+    _check_experiment_header(cfg, choices)
+    cfg = _without_replaced_values(cfg, choices)
     settings = check_config(cfg)           # every group's types and ranges, before the spec is read
     study = study or setup_study(cfg.data, choices.get("data"))
     options = settings.metrics
@@ -153,7 +196,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
         human, files = setup_evaluate(settings.evaluate, study)
         options.check_compare(files)
         return Plan(study=study, settings=settings, options=options, arms={}, split=None,
-                    scored_on="evaluate.human", files=files, human=human, tracking_uri=uri)
+                    scored_on="evaluate.human", files=files, human=human, tracking_uri=uri, cfg=cfg)
     who = split_settings(settings)
     split = who.draw(study)
     arms = setup_arms(cfg.get("arms"), settings.finetune, who)
@@ -168,7 +211,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
             check_memory(llm, study, split, finetunes=any(isinstance(arm, Finetuned) for arm in arms.values()))
     return Plan(study=study, settings=settings, options=options, arms=arms, split=split, scored_on=who.score_on,
                 seed=settings.simulate.seed, rectified=who.rectified, ppi_predictions=settings.ppi.predictions,
-                llm=llm, human=study.frame.loc[split.evaluation], tracking_uri=uri)
+                llm=llm, human=study.frame.loc[split.evaluation], tracking_uri=uri, cfg=cfg)
 
 
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Sequence[str] = (),
@@ -176,7 +219,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Se
     """Run one experiment; returns the flat metrics (also written to `<output_dir>/metrics.json`)."""
     started = time.perf_counter()
     p = plan(cfg, choices)
-    s = p.settings
+    cfg, s = p.cfg, p.settings
     if not p.evaluate_only:
         log.info("study %s v%s: %d respondents; pilot %d (%s), scored on %d %s humans; arms: %s", p.study.spec.name,
                  p.study.spec.version, len(p.study), len(p.split.pilot), s.pilot.method, len(p.split.evaluation),

@@ -338,6 +338,8 @@ CASES: dict[str, Case] = {
     "yaml_alias_bomb": Case(_alias_bomb, ("mine.yaml", "aliases", "100,000")),
     "tracking_uri_unknown_scheme": Case(lambda f: [*_study(f), "tracking.uri=bogus://x"],
                                         ("tracking.uri", "bogus://x", "sqlite")),
+    "tracking_server_down": Case(lambda f: [*_study(f), "tracking.uri=http://127.0.0.1:9"],
+                                 ("tracking.uri", "http://127.0.0.1:9", "a tracking server that answers", "refused")),
     "tracking_uri_from_the_environment": Case(lambda f: _study(f), ("MLFLOW_TRACKING_URI", "ftp://x", "schemes"),
                                               env={"MLFLOW_TRACKING_URI": "ftp://x"}),
     "sqlite_store_under_a_file": Case(lambda f: [*_study(f), f"tracking.uri=sqlite:///{_a_file(f)}/sub/mlflow.db"],

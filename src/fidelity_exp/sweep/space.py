@@ -76,12 +76,22 @@ def parse(params: Mapping[str, Any], arguments: Sequence[str]) -> SearchSpace:
 
 
 def distribution(override, text: str) -> BaseDistribution:
+    """The Optuna distribution of one swept parameter; a range that holds no value is one message
+    naming the parameter (not Optuna's error)."""
     from hydra.core.override_parser.types import IntervalSweep
 
+    key, given = text.split("=", 1)
     if override.is_choice_sweep() or override.is_range_sweep():
-        return CategoricalDistribution(list(override.sweep_iterator()))
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ConfigError(key, given, "expected at least one value: range(start, stop[, step]) stops before "
+                              "`stop` (as Python's range), so e.g. range(10, 20) for 10..19")
+        return CategoricalDistribution(values)
     value = override.value()
     if isinstance(value, IntervalSweep):
+        if value.start > value.end:
+            raise ConfigError(key, given, f"expected interval(low, high) with low <= high, e.g. "
+                              f"interval({format_value(value.end)}, {format_value(value.start)})")
         log = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(int(value.start), int(value.end), log=log)

@@ -46,7 +46,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from fidelity_exp import pipeline
-from fidelity_exp.errors import ConfigError
+from fidelity_exp.errors import ConfigError, raise_terminated
 from fidelity_exp.inference.regressions import ESTIMATORS, rectified_key
 from fidelity_exp.metrics import key_info
 from fidelity_exp.metrics.score import SCORE
@@ -115,10 +115,6 @@ def cancel_slurm_job(job_id: str) -> None:
         return
     done = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=60)
     log.warning("cancelled SLURM job %s%s", job_id, f" ({done.stderr.strip()})" if done.returncode else "")
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 class OptunaSweep:
@@ -245,7 +241,7 @@ class OptunaSweep:
         job_idx = 0
         beats = threading.Thread(target=self._heartbeats, name="optuna-heartbeats", daemon=True)
         self._stopped = threading.Event()
-        previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        previous = signal.signal(signal.SIGTERM, raise_terminated) if threading.current_thread() is threading.main_thread() \
             else None   # scancel of the sweep's job, a cluster's preemption: the same as Ctrl-C
         beats.start()
         try:

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
@@ -99,6 +100,25 @@ def check_uri(uri: str, key: str, origin: str = "config") -> None:
         _writable(Path(path).parent, key, uri, origin)
     elif scheme in ("", "file"):
         _writable(urllib.parse.urlparse(uri).path if scheme else uri, key, uri, origin)
+    elif scheme in ("http", "https"):
+        _answers(uri, key, origin)
+
+
+SERVER_PROBE_S = 5.0   # how long a tracking server may take to answer before the run is refused
+
+
+def _answers(uri: str, key: str, origin: str) -> None:
+    """A tracking server must answer (any HTTP status) within SERVER_PROBE_S: one request, no
+    retries, instead of MLflow's minutes of retries before its first error."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_PROBE_S).close()
+    except urllib.error.HTTPError:
+        return                      # it answered
+    except (OSError, ValueError) as e:
+        why = getattr(e, "reason", e)
+        raise ConfigError(key, uri, f"expected a tracking server that answers: it does not ({why}, within "
+                          f"{SERVER_PROBE_S:g} s); start it (`make cluster-up` starts the local one), or choose "
+                          "another store (unset it for the local sqlite store)", origin=origin) from None
 
 
 def _writable(folder, key: str, uri: str, origin: str) -> None:
