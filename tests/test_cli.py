@@ -121,3 +121,9 @@ def test_replacing_an_experiments_group_option_drops_its_values_for_the_old_one(
     assert runs[0].data.params["split.n_pilot"] == "150" and runs[0].data.params["pilot.by"] == "null"
     typed = main("+experiment=disclosure", "pilot=random", "pilot.by=ethnicity", *fast, cwd=tmp_path)
     assert typed.returncode == 2 and "pilot.by" in typed.stderr and "stratified" in typed.stderr
+
+
+def test_two_of_hydras_modes_at_once_is_one_message(tmp_path):
+    done = main("-m", "+experiment=quickstart", "+sweep=lora", "--cfg", "job", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "Only one of --run, --multirun" in done.stderr and "drop -m" in done.stderr

@@ -63,6 +63,9 @@ def _user_mistake(e: BaseException) -> str | None:
         return str(e)
     if isinstance(e, AliasBomb):
         return f"refused YAML: {str(e).strip()}"
+    if isinstance(e, ValueError) and str(e).startswith("Only one of --run, --multirun"):   # Hydra's own flags
+        return (f"{e} (a sweep's config: drop -m and give one value per swept key, e.g. "
+                "`python -m fidelity_exp +experiment=quickstart pilot.n=50 --cfg job`)")
     if isinstance(e, yaml.YAMLError):   # its text names the file, line and column
         return f"malformed YAML: {e}"
     if isinstance(e, (HydraException, OmegaConfBaseException)):
