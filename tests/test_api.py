@@ -110,3 +110,22 @@ def test_bad_input_through_the_api_is_a_user_error_naming_the_column(files):
         fx.score(study.spec, twins, human=files / "humans.csv")
     with pytest.raises(UserError, match="metrics.families='vibes'"):
         fx.score(study, files / "twins.csv", families=("vibes",))
+
+
+def test_the_api_refuses_what_the_command_line_refuses(files):
+    """Arm names follow the command line's rules (a reserved word would overwrite the human
+    reference; `gpt` and `gpt/t1` would mix in the table), and only frames or files are data."""
+    study = fx.load_study(CONF / "data" / "anes96.yaml")
+    twins = pd.read_csv(files / "twins.csv")
+    with pytest.raises(UserError, match="'reference'"):
+        fx.score(study, {"reference": twins}, bootstrap=0)
+    with pytest.raises(UserError, match="'gpt/t1'"):
+        fx.score(study, {"gpt": twins, "gpt/t1": twins}, bootstrap=0)
+    with pytest.raises(TypeError, match="empty mapping"):
+        fx.score(study, {})
+    with pytest.raises(TypeError, match="synthetic is a list.*DataFrame"):
+        fx.score(study, twins.to_dict("records"))
+    with pytest.raises(TypeError, match=r"synthetic\['gpt'\] is a ndarray"):
+        fx.score(study, {"gpt": twins.to_numpy()})
+    with pytest.raises(TypeError, match="human is a list"):
+        fx.score(study.spec, twins, human=twins.to_dict("records"))

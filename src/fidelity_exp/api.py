@@ -129,8 +129,11 @@ def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None,
             raise TypeError("score(spec, ...) needs human=...: a frame or a file of human respondents")
         human_frame = study.frame
     else:
+        if not isinstance(human, (pd.DataFrame, str, os.PathLike)):
+            raise TypeError(f"score(): human is a {type(human).__name__}; expected a pandas DataFrame or the path of a "
+                            "CSV or parquet file of human respondents")
         human_frame = read_humans(spec, human)
-    frames = synthetic if isinstance(synthetic, Mapping) else {DEFAULT_ARM: synthetic}
+    frames = _arm_frames(synthetic)
     checked = {str(arm): read_synthetic(spec, data, human_ids=human_frame.index, name=f"arm {arm}")
                for arm, data in frames.items()}
     options = Options(families=families, min_group_size=min_group_size, alpha=alpha, bootstrap=bootstrap,
@@ -138,6 +141,23 @@ def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None,
                       interval=interval, permutations=permutations, fdr=fdr,
                       compare=None if compare is None else tuple(compare))
     return evaluate(spec, human_frame, checked, options)
+
+
+def _arm_frames(synthetic: Any) -> Mapping[str, Any]:
+    """{arm: frame or path}, each arm named by the command line's rules (they prefix metric keys)
+    and each value a frame or a file: anything else is refused here, by name."""
+    from fidelity_exp.arms import check_arm_names
+
+    frames = synthetic if isinstance(synthetic, Mapping) else {DEFAULT_ARM: synthetic}
+    if not frames:
+        raise TypeError("score(): synthetic is an empty mapping; expected {arm name: frame or file}, at least one arm")
+    for arm, data in frames.items():
+        if not isinstance(data, (pd.DataFrame, str, os.PathLike)):
+            raise TypeError(f"score(): synthetic{'' if frames is not synthetic else f'[{arm!r}]'} is a "
+                            f"{type(data).__name__}; expected a pandas DataFrame or the path of a CSV or parquet file "
+                            "(records: pd.DataFrame(records))")
+    check_arm_names([str(arm) for arm in frames], "score(synthetic=...) arm names")
+    return frames
 
 
 def read_humans(spec: StudySpec, data: Any, *, what: str = "human file") -> pd.DataFrame:
