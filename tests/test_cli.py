@@ -4,6 +4,9 @@ hydra.searchpath and clean errors for bad input through the same entry point in 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -127,3 +130,20 @@ def test_two_of_hydras_modes_at_once_is_one_message(tmp_path):
     done = main("-m", "+experiment=quickstart", "+sweep=lora", "--cfg", "job", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "Only one of --run, --multirun" in done.stderr and "drop -m" in done.stderr
+
+
+def test_a_deleted_experiment_is_one_message_with_the_restore_command(tmp_path):
+    study = ("data=disclosure", "arms=[pilot_resample]", "metrics.bootstrap=5", "metrics.reference_splits=2",
+             "metrics.permutations=0")
+    assert main(*study, cwd=tmp_path).returncode == 0
+    client, runs = _runs(tmp_path / "mlruns" / "mlflow.db", "disclosure")
+    client.delete_experiment(runs[0].info.experiment_id)
+    again = main(*study, cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert f"mlflow experiments restore --experiment-id {runs[0].info.experiment_id}" in again.stderr
+    command = again.stderr.split("`")[1]                   # the restore command, as printed, run as printed
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    restored = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={**os.environ, "PATH": path})
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert len(_runs(tmp_path / "mlruns" / "mlflow.db", "disclosure")[1]) == 1   # restored; no run was started
+    assert main(*study, cwd=tmp_path).returncode == 0

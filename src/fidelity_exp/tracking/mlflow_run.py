@@ -203,6 +203,11 @@ def get_or_create_experiment(client, name: str, artifact_root: str | None, uri: 
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":   # deleted in the UI: its runs are in the trash
+        raise UserError(f"tracking.experiment={name!r}: that experiment (id {found.experiment_id}) was deleted, e.g. "
+                        "in the MLflow UI, and a deleted experiment takes no runs; restore it with "
+                        f"`MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {found.experiment_id}`, "
+                        "or log to another one with tracking.experiment=<name>")
     if found is not None:
         return found.experiment_id
     location = None
