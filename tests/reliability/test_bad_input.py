@@ -258,6 +258,8 @@ CASES: dict[str, Case] = {
     "seed_beyond_32_bits": Case(lambda f: [*_study(f), "metrics.seed=99999999999"], ("metrics.seed", "99999999999")),
     "alpha_above_one": Case(lambda f: [*_study(f), "metrics.alpha=1.5"], ("metrics.alpha", "1.5", "(0, 1)")),
     "bootstrap_not_a_number": Case(lambda f: [*_study(f), "metrics.bootstrap=many"], ("metrics.bootstrap", "many")),
+    "one_bootstrap_replicate": Case(lambda f: [*_study(f), "metrics.bootstrap=1"],
+                                    ("metrics.bootstrap", "1", "zero-width", "at least 2")),
     "min_group_size_negative": Case(lambda f: [*_study(f), "metrics.min_group_size=-3"],
                                     ("metrics.min_group_size", "-3", ">= 1")),
     "temperature_nan": Case(lambda f: [*_study(f), "simulate.temperature=nan"], ("simulate.temperature", "nan", ">= 0")),

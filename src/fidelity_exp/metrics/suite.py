@@ -11,6 +11,7 @@ arm; `registry.prefixed(arm, values)` adds it); None means undefined.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
@@ -27,6 +28,7 @@ from fidelity_exp.metrics.registry import interval_keys, perm_key, reference_key
 from fidelity_exp.metrics.score import SCORE, check_components, fidelity_score
 from fidelity_exp.study.spec import StudySpec
 
+log = logging.getLogger(__name__)
 MIN_DEFINED_SWAPS = 0.5      # a test needs at least this share of its swapped values defined
 SWAP_STREAM, COMPARE_STREAM = 2, 3   # seed offsets: the reference uses [seed, 1], the bootstrap seed itself
 
@@ -65,6 +67,14 @@ class Options(Checked):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ConfigError(f"metrics.{name}", value, "expected an integer")
+        if self.bootstrap == 1:   # a percentile interval of one replicate: both ends are that replicate
+            raise ConfigError("metrics.bootstrap", 1, "expected 0 (no intervals) or at least 2: one replicate gives "
+                              f"a zero-width interval ({math.ceil(2 / self.alpha)} or more for a "
+                              f"{1 - self.alpha:.0%} interval whose ends are not the most extreme replicates)")
+        if 1 < self.bootstrap < math.ceil(2 / self.alpha):
+            log.warning("metrics.bootstrap=%d: fewer than 2/alpha = %d replicates, so the %.0f%% intervals' ends are the "
+                        "most extreme replicates or between them; use at least %d for intervals you report",
+                        self.bootstrap, math.ceil(2 / self.alpha), 100 * (1 - self.alpha), math.ceil(2 / self.alpha))
         if self.compare is not None:
             if isinstance(self.compare, str) or not isinstance(self.compare, (list, tuple)):
                 raise ConfigError("metrics.compare", self.compare, "expected a list of pairs of arms, e.g. "
