@@ -129,9 +129,7 @@ def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None,
             raise TypeError("score(spec, ...) needs human=...: a frame or a file of human respondents")
         human_frame = study.frame
     else:
-        if not isinstance(human, (pd.DataFrame, str, os.PathLike)):
-            raise TypeError(f"score(): human is a {type(human).__name__}; expected a pandas DataFrame or the path of a "
-                            "CSV or parquet file of human respondents")
+        _frame_or_file(human, "human")
         human_frame = read_humans(spec, human)
     frames = _arm_frames(synthetic)
     checked = {str(arm): read_synthetic(spec, data, human_ids=human_frame.index, name=f"arm {arm}")
@@ -152,12 +150,16 @@ def _arm_frames(synthetic: Any) -> Mapping[str, Any]:
     if not frames:
         raise TypeError("score(): synthetic is an empty mapping; expected {arm name: frame or file}, at least one arm")
     for arm, data in frames.items():
-        if not isinstance(data, (pd.DataFrame, str, os.PathLike)):
-            raise TypeError(f"score(): synthetic{'' if frames is not synthetic else f'[{arm!r}]'} is a "
-                            f"{type(data).__name__}; expected a pandas DataFrame or the path of a CSV or parquet file "
-                            "(records: pd.DataFrame(records))")
+        _frame_or_file(data, f"synthetic[{arm!r}]" if frames is synthetic else "synthetic")
     check_arm_names([str(arm) for arm in frames], "score(synthetic=...) arm names")
     return frames
+
+
+def _frame_or_file(data: Any, what: str) -> None:
+    """score()'s data are frames or files: anything else (records, arrays) is a TypeError naming it."""
+    if not isinstance(data, (pd.DataFrame, str, os.PathLike)):
+        raise TypeError(f"score(): {what} is a {type(data).__name__}; expected a pandas DataFrame or the path of a CSV "
+                        "or parquet file (records: pd.DataFrame(records))")
 
 
 def read_humans(spec: StudySpec, data: Any, *, what: str = "human file") -> pd.DataFrame:
@@ -188,6 +190,7 @@ def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.Da
     notes: dict[str, str] = {}
     results = {}
     options.check_compare(synthetic)
+    options.warn_if_few_replicates()
     for arm, frame in synthetic.items():
         results[arm] = result = evaluate_arm(spec, human, frame, options)
         metrics.update(registry.prefixed(arm, result.values))

@@ -37,6 +37,7 @@ from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import resolve
 from fidelity_exp.settings import Checked, Settings, check_config, group
 from fidelity_exp.study import Split, SplitSettings, Study
+from fidelity_exp.study.loading import config_file
 from fidelity_exp.study.sources import describe
 from fidelity_exp.study.synthetic_file import check_synthetic
 from fidelity_exp.tracking import notebook
@@ -55,9 +56,7 @@ class Plan:
     arms: dict[str, Arm]                   # name -> arm, in config order (empty for evaluate-only)
     split: Split | None                    # None: evaluate-only
     scored_on: str                         # evaluation | validation | evaluate.human
-    seed: int = 0                          # the random stream every arm shares (simulate.seed)
     rectified: bool = False                # the pilot is split into fine-tuning and rectification humans
-    ppi_predictions: str = "expected"
     llm: LLMSettings | None = None         # what the LLM arms read (None when none runs)
     files: dict[str, pd.DataFrame] = field(default_factory=dict)   # evaluate-only: arm -> checked file
     human: pd.DataFrame | None = None      # the scored humans (canonical frame)
@@ -68,6 +67,11 @@ class Plan:
     def tracking(self):
         """The `tracking` group (TrackingSettings)."""
         return self.settings.tracking
+
+    @property
+    def seed(self) -> int:
+        """The random stream every arm shares (simulate.seed)."""
+        return self.settings.simulate.seed
 
     @property
     def evaluate_only(self) -> bool:
@@ -138,23 +142,13 @@ def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
     return tuple((a, b) for a in llm for b in [*bases, *baselines] if a != b)
 
 
-def _hydra_runtime():
-    """Hydra's runtime config of this run (its sources, the user's overrides); None outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
 def _check_experiment_header(cfg: DictConfig, choices: Mapping[str, str]) -> None:
     """An experiment file without `# @package _global_` puts all its values under `experiment.`,
     where nothing reads them: refused, naming the file and the fix."""
     if "experiment" not in cfg:
         return
     name = choices.get("experiment", "?")
-    hc = _hydra_runtime()
-    files = [Path(s.path) / "experiment" / f"{name}.yaml" for s in (hc.runtime.config_sources if hc else [])
-             if s.schema == "file"]
-    found = next((str(f) for f in files if f.is_file()), f"experiment/{name}.yaml")
+    found = config_file("experiment", name) or f"experiment/{name}.yaml"
     raise UserError(f"{found}: +experiment={name} has no `# @package _global_` line at its top, so Hydra put all its "
                     f"values under `experiment.` ({', '.join(map(str, cfg.experiment))}) and none of them would apply; "
                     "add `# @package _global_` as the file's first line (conf/experiment/quickstart.yaml shows the form)")
@@ -167,8 +161,10 @@ def _without_replaced_values(cfg: DictConfig, choices: Mapping[str, str]) -> Dic
     pilot = cfg.get("pilot")
     if choices.get("pilot") != "random" or pilot is None or pilot.get("by") is None:
         return cfg
-    hc = _hydra_runtime()
-    typed_by_user = hc is None or any(o.split("=", 1)[0].lstrip("+~") == "pilot.by" for o in hc.overrides.task)
+    from hydra.core.hydra_config import HydraConfig
+
+    typed_by_user = not HydraConfig.initialized() or any(
+        o.split("=", 1)[0].lstrip("+~") == "pilot.by" for o in HydraConfig.get().overrides.task)
     if typed_by_user:
         return cfg
     log.info("pilot=random: the experiment's pilot.by=%r (for a stratified pilot) is not used", pilot.by)
@@ -210,8 +206,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
             check_quantization(llm.finetune, resolve_device(llm.model.device))
             check_memory(llm, study, split, finetunes=any(isinstance(arm, Finetuned) for arm in arms.values()))
     return Plan(study=study, settings=settings, options=options, arms=arms, split=split, scored_on=who.score_on,
-                seed=settings.simulate.seed, rectified=who.rectified, ppi_predictions=settings.ppi.predictions,
-                llm=llm, human=study.frame.loc[split.evaluation], tracking_uri=uri, cfg=cfg)
+                rectified=who.rectified, llm=llm, human=study.frame.loc[split.evaluation], tracking_uri=uri, cfg=cfg)
 
 
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None, overrides: Sequence[str] = (),
@@ -335,7 +330,7 @@ def rectify(p: Plan, twin_sets: TwinSets) -> tuple[dict[str, float], dict[str, s
     split, frame = p.split, p.study.frame
     rectifiers = split.pilot[split.pilot.isin(pd.Index(twin_sets.labelled.twin_of))]
     return rectified_regressions(p.study.spec, frame, frame.loc[split.pilot], frame.loc[rectifiers], twin_sets,
-                                 alpha=p.options.alpha, predictions=p.ppi_predictions)
+                                 alpha=p.options.alpha, predictions=p.settings.ppi.predictions)
 
 
 def log_setup(tracked: tracking.TrackedRun, cfg: DictConfig, p: Plan) -> None:

@@ -277,19 +277,17 @@ class _Batch:
         out = {}
         if not self.scored_rows:
             return out
+        every = len(self.scored_rows) == len(self.twins)
         for m, alt_prompts in alts.items():
-            logits = self._read([alt_prompts[r][len(self.fed[r]):] for r in self.scored_rows], keep=False,
-                                rows=self.scored_rows)
+            segments = [alt_prompts[r][len(self.fed[r]):] for r in self.scored_rows]
+            logits = self._read(segments, keep=False) if every else self._read_some(segments, self.scored_rows)
             shown = option_probabilities(logits, renderer.option_tokens[j])
             out[m] = over_codes(shown, [alt_orders[m]] * len(self.scored_rows))
         return out
 
-    def _read(self, segments: list[list[int]], keep: bool, rows: list[int] | None = None) -> torch.Tensor:
+    def _read(self, segments: list[list[int]], keep: bool) -> torch.Tensor:
         """Read each twin's segment (left-padded to one width) on top of its cache; the (b, V)
-        logits of the last position. `keep=False` rolls the cache back afterwards. `rows` (with
-        keep=False): the segments are those of these twins of the batch only."""
-        if rows is not None and len(rows) < len(self.twins):
-            return self._read_some(segments, rows)
+        logits of the last position. `keep=False` rolls the cache back afterwards."""
         b = len(segments)
         width = max(len(s) for s in segments)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
@@ -316,20 +314,17 @@ class _Batch:
         """`_read(keep=False)` for some twins of the batch: their rows of the cache and mask are
         selected, read on, and the batch's own cache and mask are left as they were."""
         index = torch.tensor(rows, device=self.device)
-        layers = getattr(self.cache, "layers", None)
-        saved = [(layer.keys, layer.values) for layer in layers] if layers is not None else None
+        layers = self.cache.layers if self.cache is not None else []   # transformers' per-layer key/value tensors
+        saved = [(layer.keys, layer.values) for layer in layers]
         whole_cache, whole_mask, whole_twins = self.cache, self.mask, self.twins
-        if saved is None and whole_cache is not None:   # a cache without per-layer tensors: a copy of the rows
-            self.cache = copy.deepcopy(whole_cache)
         if self.cache is not None:
-            self.cache.batch_select_indices(index)
+            self.cache.batch_select_indices(index)   # new tensors of the rows: the saved ones stay as they were
         self.mask, self.twins = whole_mask[index], [whole_twins[r] for r in rows]
         try:
             return self._read(segments, keep=True)  # on the selected rows: nothing of the batch's is changed
         finally:
-            if saved is not None:
-                for layer, (keys, values) in zip(layers, saved, strict=True):
-                    layer.keys, layer.values = keys, values
+            for layer, (keys, values) in zip(layers, saved, strict=True):
+                layer.keys, layer.values = keys, values
             self.cache, self.mask, self.twins = whole_cache, whole_mask, whole_twins
 
 

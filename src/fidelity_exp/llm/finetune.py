@@ -181,8 +181,8 @@ def training_set(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers
 
 def training_data(renderer: Renderer, given: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[Any]],
                   option_order: str = "fixed", seed: int = 0) -> "_EpochData":
-    """What the Trainer reads: the same interviews every epoch (`fixed`, `reversed`), or rendered
-    anew for each epoch (`random`); `next_epoch()` is called as each epoch begins."""
+    """What the Trainer reads: the same interviews every epoch (`fixed`), or rendered anew for
+    each epoch (`random`); `next_epoch()` is called as each epoch begins."""
     return _EpochData(lambda epoch: training_set(renderer, given, answers, option_order, seed, epoch),
                       per_epoch=option_order == "random")
 
@@ -339,8 +339,8 @@ def _takes(argument: str) -> bool:
 
 class _EpochData:
     """The pilot interviews (a map-style dataset: torch's DataLoader reads `len` and `[i]`),
-    `render(epoch)` for each epoch when `per_epoch` (else epoch 0's every time). Epoch 0 is rendered first: the length-grouping sampler reads it before
-    training. Every epoch holds the same respondents in the same places; only the options'
+    `render(epoch)` for each epoch when `per_epoch` (else epoch 0's every time). Epoch 0 is
+    rendered first: the length-grouping sampler reads it before training. Every epoch holds the same respondents in the same places; only the options'
     order changes."""
 
     def __init__(self, render: Callable[[int], list[dict]], per_epoch: bool):

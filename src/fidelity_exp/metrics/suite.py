@@ -69,17 +69,25 @@ class Options(Checked):
                 raise ConfigError(f"metrics.{name}", value, "expected an integer")
         if self.bootstrap == 1:   # a percentile interval of one replicate: both ends are that replicate
             raise ConfigError("metrics.bootstrap", 1, "expected 0 (no intervals) or at least 2: one replicate gives "
-                              f"a zero-width interval ({math.ceil(2 / self.alpha)} or more for a "
+                              f"a zero-width interval ({self.interval_replicates} or more for a "
                               f"{1 - self.alpha:.0%} interval whose ends are not the most extreme replicates)")
-        if 1 < self.bootstrap < math.ceil(2 / self.alpha):
-            log.warning("metrics.bootstrap=%d: fewer than 2/alpha = %d replicates, so the %.0f%% intervals' ends are the "
-                        "most extreme replicates or between them; use at least %d for intervals you report",
-                        self.bootstrap, math.ceil(2 / self.alpha), 100 * (1 - self.alpha), math.ceil(2 / self.alpha))
         if self.compare is not None:
             if isinstance(self.compare, str) or not isinstance(self.compare, (list, tuple)):
                 raise ConfigError("metrics.compare", self.compare, "expected a list of pairs of arms, e.g. "
                                   "[[finetuned, base]] or [finetuned__vs__base]")
             self.compare = tuple(_pair(p) for p in self.compare)
+
+    @property
+    def interval_replicates(self) -> int:
+        """2/alpha: the fewest replicates whose (1 - alpha) interval ends are not the most extreme ones."""
+        return math.ceil(2 / self.alpha)
+
+    def warn_if_few_replicates(self) -> None:
+        """Said once per scoring (api.evaluate): 2 to 2/alpha - 1 replicates give intervals, rough ones."""
+        if 1 < self.bootstrap < self.interval_replicates:
+            log.warning("metrics.bootstrap=%d: fewer than 2/alpha = %d replicates, so the %.0f%% intervals' ends are "
+                        "the most extreme replicates or between them; use at least %d for intervals you report",
+                        self.bootstrap, self.interval_replicates, 100 * (1 - self.alpha), self.interval_replicates)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Options":
