@@ -38,7 +38,8 @@ def test_the_readme_example_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """anes96 humans (300) and, as a synthetic file, 300 other respondents paired with them."""
+    """anes96 humans (300) and, as a synthetic file, 300 other respondents' answers given their
+    personas and paired with them."""
     from fidelity_exp.study.synthetic_file import as_file_frame
 
     folder = tmp_path_factory.mktemp("files")
@@ -46,6 +47,7 @@ def files(tmp_path_factory):
     people = study.frame.reset_index(drop=True)
     humans = as_file_frame(study.spec, people.iloc[:300].reset_index(drop=True))
     twins = as_file_frame(study.spec, people.iloc[300:600].reset_index(drop=True))
+    twins[study.spec.given_columns] = humans[study.spec.given_columns]   # paired twins: their humans' personas
     twins.insert(0, "twin_of", np.arange(300))
     humans.to_csv(folder / "humans.csv", index=False)
     twins.to_csv(folder / "twins.csv", index=False)

@@ -26,6 +26,7 @@ def main(cfg):
     people = study.frame.reset_index(drop=True)
     humans, twins = people.iloc[:200], people.iloc[200:400].copy()
     twins["twin_of"] = range(200)
+    twins[study.spec.given_columns] = humans[study.spec.given_columns].to_numpy()   # paired: their humans' personas
     scores = fx.score(study.spec, {"half": twins}, human=humans, **OmegaConf.to_container(cfg.metrics, resolve=True))
     print(json.dumps({"study": study.spec.name, "note": cfg.note, "model": cfg.model.name,
                       "bootstrap": cfg.metrics.bootstrap, "metrics": scores.metrics}))
@@ -62,6 +63,7 @@ def test_a_foreign_hydra_app_composes_the_shipped_configs(tmp_path):
     people = study.frame.reset_index(drop=True)
     twins = people.iloc[200:400].copy()
     twins["twin_of"] = np.arange(200)
+    twins[study.spec.given_columns] = people.iloc[:200][study.spec.given_columns].to_numpy()
     here = fx.score(study.spec, {"half": twins}, human=people.iloc[:200], bootstrap=15, reference_splits=3, seed=7)
     assert json.loads(json.dumps(here.metrics)) == result["metrics"]
 

@@ -16,6 +16,7 @@ a `fidelity_exp.errors.UserError` whose message names the file or frame, the col
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -32,10 +33,12 @@ from fidelity_exp.study import load_study as checked_study
 from fidelity_exp.study import study_from_file
 from fidelity_exp.study.loading import config_file
 from fidelity_exp.study.spec import check_spec
-from fidelity_exp.study.synthetic_file import as_file_frame, check_synthetic, read_table
+from fidelity_exp.study.synthetic_file import (as_file_frame, check_given_columns, check_synthetic, humans_own_answers,
+                                               read_table)
 
 __all__ = ["Scores", "evaluate", "load_spec", "load_study", "score"]
 
+log = logging.getLogger(__name__)
 DEFAULT_ARM = "synthetic"   # the arm name of a single synthetic set (the CLI's evaluate.arm default)
 
 
@@ -132,7 +135,7 @@ def score(study: Study | StudySpec, synthetic: Any, *, human: Any = None,
         _frame_or_file(human, "human")
         human_frame = read_humans(spec, human)
     frames = _arm_frames(synthetic)
-    checked = {str(arm): read_synthetic(spec, data, human_ids=human_frame.index, name=f"arm {arm}")
+    checked = {str(arm): read_synthetic(spec, data, humans=human_frame, name=f"arm {arm}")
                for arm, data in frames.items()}
     options = Options(families=families, min_group_size=min_group_size, alpha=alpha, bootstrap=bootstrap,
                       reference_splits=reference_splits, seed=seed, score_components=score_components,
@@ -171,16 +174,20 @@ def read_humans(spec: StudySpec, data: Any, *, what: str = "human file") -> pd.D
             raw = raw.rename_axis(spec.id).reset_index()
     else:
         origin = str(resolve(data))
-        raw, name = read_table(origin, what, (spec.id,) if spec.id else ()), f"file {origin!r}"
+        raw, name = read_table(origin, what, spec.text_columns), f"file {origin!r}"
     return canonical_frame(spec, raw, origin=origin, data_name=name, use_id=True)
 
 
-def read_synthetic(spec: StudySpec, data: Any, *, human_ids: pd.Index, name: str) -> pd.DataFrame:
-    """Synthetic respondents from a frame or a file, checked like the CLI checks a user's file."""
-    if isinstance(data, pd.DataFrame):
-        return check_synthetic(spec, data, name=name, human_ids=human_ids)
-    path = str(resolve(data))
-    return check_synthetic(spec, read_table(path, name, ("twin_of",)), name=path, human_ids=human_ids)
+def read_synthetic(spec: StudySpec, data: Any, *, humans: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Synthetic respondents from a frame or a file, checked like the CLI checks a user's file:
+    against the spec, and paired twins against their humans (`twin_of` among the humans' ids, the
+    given columns the humans' own)."""
+    if not isinstance(data, pd.DataFrame):
+        path = str(resolve(data))
+        data, name = read_table(path, name, ("twin_of", *spec.text_columns)), path
+    frame = check_synthetic(spec, data, name=name, human_ids=humans.index)
+    check_given_columns(spec, frame, humans, name=name)
+    return frame
 
 
 def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.DataFrame], options: Options
@@ -192,6 +199,12 @@ def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.Da
     options.check_compare(synthetic)
     options.warn_if_few_replicates()
     for arm, frame in synthetic.items():
+        if humans_own_answers(spec, frame, human):
+            notes[f"{arm}/warning"] = warning = (
+                f"arm {arm!r}: these 'twins' are the evaluation humans' own answers (every one of the {len(human)} "
+                "answers as a human did): its metrics measure nothing but the humans against themselves. Was the "
+                "human file passed as the synthetic one?")
+            log.warning("%s", warning)
         results[arm] = result = evaluate_arm(spec, human, frame, options)
         metrics.update(registry.prefixed(arm, result.values))
         notes.update(registry.prefixed(arm, result.notes))

@@ -129,7 +129,7 @@ def setup_evaluate(settings: EvaluateSettings, study: Study) -> tuple[pd.DataFra
     human = study.frame
     if settings.human:
         human = api.read_humans(study.spec, settings.human, what="evaluate.human")
-    return human, {settings.arm: api.read_synthetic(study.spec, settings.synthetic, human_ids=human.index,
+    return human, {settings.arm: api.read_synthetic(study.spec, settings.synthetic, humans=human,
                                                     name="evaluate.synthetic")}
 
 

@@ -336,6 +336,12 @@ CASES: dict[str, Case] = {
     "synthetic_trailing_delimiters": Case(lambda f: _synthetic_csv(f, _trailing_delimiters),
                                           ("twins.csv", "line 2", "header")),
     "synthetic_twin_ids_lost_leading_zeros": Case(_leading_zero_ids, ("twins.csv", "twin_of", "'0'")),
+    "synthetic_twin_of_shifted_one_row": Case(
+        lambda f: _synthetic(f, lambda fr: fr.__setitem__("twin_of", list(fr.twin_of[1:]) + [fr.twin_of[0]])),
+        ("twins.csv", "twin_of", "40 of 40 twins", "contradict", "shifted")),
+    "synthetic_twin_of_capitalised": Case(lambda f: _synthetic(f, lambda fr: fr.rename(columns={"twin_of": "Twin_of"},
+                                                                                       inplace=True)),
+                                          ("twins.csv", "Twin_of", "rename it to twin_of")),
     # -- resources, stores and folders ---------------------------------------------------------------------
     "yaml_alias_bomb": Case(_alias_bomb, ("mine.yaml", "aliases", "100,000")),
     "tracking_uri_unknown_scheme": Case(lambda f: [*_study(f), "tracking.uri=bogus://x"],

@@ -141,7 +141,8 @@ def test_option_code_of_wrong_type(tmp_path, base):
     spec, frame = base
     frame["buy"] = frame["buy"].map({"no": 0, "yes": 1})
     msg = _problems(tmp_path, spec, frame)
-    assert "questions[1].options" in msg and "'buy'" in msg and "texts" in msg and "numbers" in msg
+    # a CSV column with text codes is read as text (codes '01' keep their zero): 0 and 1 are not 'no' and 'yes'
+    assert "questions[1].options" in msg and "'buy'" in msg and "'0'" in msg and "['no', 'yes']" in msg
 
 
 def test_value_not_among_options_names_column_value_row_and_codes(tmp_path, base):

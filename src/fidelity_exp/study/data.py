@@ -48,7 +48,7 @@ def load_study(spec: StudySpec | None, spec_problems: Iterable[Problem] = (), or
     if spec is None:
         raise SpecError(origin, problems)
     try:
-        raw = read_source(spec.source, (spec.id,) if spec.id else ())
+        raw = read_source(spec.source, spec.text_columns)
     except SourceError as e:
         raise SpecError(origin, problems + [Problem("source", str(e).removeprefix("source: ").removeprefix("source."))]) from None
     try:
@@ -178,8 +178,11 @@ def _code_type_problem(problems, where, column, codes, s: pd.Series, data_name) 
         return True
     if kind == "text" and data_numeric:
         examples = [plain(v) for v in pd.unique(values)][:MAX_LISTED]
+        padded = [c for c in codes if c.isdigit() and len(c) > 1 and c.startswith("0")]
+        fix = (f"write the codes as the numbers the data hold, without leading zeros (for example {int(padded[0])}, "
+               f"not {padded[0]!r})" if padded else "write the codes unquoted")
         problems.append(Problem(where, f"the codes are texts ({codes[:MAX_LISTED]!r}) but column {column!r} "
-                                f"holds numbers such as {examples!r} in {data_name}; write the codes unquoted"))
+                                f"holds numbers such as {examples!r} in {data_name}; {fix}"))
         return True
     return False
 

@@ -57,17 +57,46 @@ def _existing_file(source: Mapping[str, Any]):
 
 
 def _read_csv(source: Mapping[str, Any]) -> pd.DataFrame:
+    """A spec's CSV source reads with its `source.encoding` (default UTF-8; a UTF-8 byte-order
+    mark is dropped) and `source.sep`. A file named without a spec (`detect`: a synthetic or human
+    file given by path) has no such settings: its encoding comes from its byte-order mark and its
+    delimiter from its header."""
     path = _existing_file(source)
-    encoding, sep = source.get("encoding", "utf-8"), source.get("sep", ",")
+    detect = bool(source.get("detect"))
+    encoding = _bom_encoding(path) if detect else source.get("encoding", "utf-8")
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"
     try:
+        sep = _sniffed_sep(path, encoding) if detect else source.get("sep", ",")
         header = _check_shape(path, sep, encoding)
         text = {c: str for c in source.get("_text", ()) if c in header}
         return pd.read_csv(path, sep=sep, encoding=encoding, dtype=text or None, index_col=False)
     except UnicodeDecodeError as e:
-        raise SourceError(f"source.path: {str(path)!r} is not valid {encoding} text ({e.reason} at byte "
-                          f"{e.start}); set source.encoding (for example latin-1)") from None
+        fix = ("save it as UTF-8 (or UTF-16 with its byte-order mark)" if detect
+               else "set source.encoding=utf-16 (the file starts with a UTF-16 byte-order mark)"
+               if _bom_encoding(path) == "utf-16" else "set source.encoding (for example latin-1)")
+        raise SourceError(f"source.path: {str(path)!r} is not valid {encoding.removesuffix('-sig')} text "
+                          f"({e.reason} at byte {e.start}); {fix}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise SourceError(f"source.path: {str(path)!r} cannot be read as CSV: {e}") from None
+
+
+def _bom_encoding(path) -> str:
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return "utf-8-sig"
+
+
+def _sniffed_sep(path, encoding: str) -> str:
+    """The header's delimiter: a comma, else the one of ; tab | the header holds."""
+    with open(path, newline="", encoding=encoding) as f:
+        header = f.readline()
+    if "," in header:
+        return ","
+    found = [d for d in (";", "\t", "|") if d in header]
+    return found[0] if found else ","
 
 
 def _check_shape(path, sep: str, encoding: str) -> list[str]:

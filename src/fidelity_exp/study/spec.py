@@ -171,6 +171,15 @@ class StudySpec:
     def columns(self) -> list[str]:
         return self.given_columns + self.question_columns
 
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """Columns a CSV reader must keep as text: the id (`007` is not `7`) and every column whose
+        codes are all texts (codes '01'..'12' would otherwise be read as the numbers 1..12)."""
+        coded = [(p.column, tuple(p.labels or ())) for p in self.persona]
+        coded += [(c.column, c.codes) for c in self.conditions] + [(q.column, q.codes) for q in self.questions]
+        texts = [column for column, codes in coded if codes and all(isinstance(c, str) for c in codes)]
+        return tuple(([self.id] if self.id else []) + texts)
+
     def question(self, column: str) -> Question:
         for q in self.questions:
             if q.column == column:

@@ -20,13 +20,16 @@ from fidelity_exp.study.spec import StudySpec
 
 log = logging.getLogger(__name__)
 PROB_SEP = "__p__"
+PERSONA_MISMATCH = 0.05   # above this share of paired twins whose given columns contradict their human's: an error
 
 
 def read_table(path: str, what: str, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A CSV or parquet file (by extension), with the usual clear errors; ids (`text_columns`) as text."""
+    """A CSV or parquet file (by extension), with the usual clear errors; ids and text codes
+    (`text_columns`) as text; a CSV's encoding (UTF-8, or UTF-16 by its byte-order mark) and
+    delimiter (, ; tab |) detected, since such a file has no settings of its own."""
     kind = "parquet" if str(path).lower().endswith((".parquet", ".pq")) else "csv"
     try:
-        return read_source({"kind": kind, "path": path}, text_columns)
+        return read_source({"kind": kind, "path": path, "detect": True}, text_columns)
     except SourceError as e:
         raise SourceError(f"{what}: {str(e).removeprefix('source.path: ').removeprefix('source: ')}") from None
 
@@ -63,6 +66,11 @@ def check_synthetic(spec: StudySpec, raw: pd.DataFrame, *, name: str, human_ids:
             problems.append(Problem("twin_of", f"{len(unknown)} twin ids are not among the {len(human_ids)} human ids "
                                                f"(for example {examples!r} in rows {list(unknown.index[:5])})"))
         raw = raw.assign(twin_of=twin_of)
+    for col in raw.columns:
+        if col != "twin_of" and _spelled_like_twin_of(col):
+            problems.append(Problem(str(col), f"column {col!r} is spelled like the pairing column but is not `twin_of` "
+                                    "(lower case, an underscore): rename it to twin_of; as it stands the twins have no "
+                                    "humans and the tests would silently pool them instead of pairing"))
     known = set(spec.columns) | {"twin_of"} | set(prob_cols)
     ignored = [c for c in raw.columns if c not in known]
     if ignored:
@@ -83,6 +91,76 @@ def check_synthetic(spec: StudySpec, raw: pd.DataFrame, *, name: str, human_ids:
         frame[col] = pd.to_numeric(frame[col]).to_numpy(dtype=float)
     frame.index = pd.RangeIndex(len(frame), name="row")
     return frame
+
+
+def _spelled_like_twin_of(column: object) -> bool:
+    return "".join(ch for ch in str(column).lower() if ch.isalnum()) == "twinof"
+
+
+def check_given_columns(spec: StudySpec, frame: pd.DataFrame, humans: pd.DataFrame, *, name: str) -> None:
+    """Paired twins were given their humans' persona and conditions: where a given column is in
+    both, a twin whose value contradicts its human's points at a shifted or wrong `twin_of`. Above
+    PERSONA_MISMATCH of the compared twins that is an error naming rows; below it, a warning."""
+    if "twin_of" not in frame.columns:
+        return
+    columns = [c for c in spec.given_columns if c in frame.columns and c in humans.columns]
+    rows = humans.index.get_indexer(frame["twin_of"].to_numpy())
+    known = rows >= 0
+    if not columns or not known.any():
+        return
+    differs = np.zeros(len(frame), dtype=bool)
+    compared = np.zeros(len(frame), dtype=bool)
+    first: dict[int, str] = {}
+    for c in columns:
+        twin = frame[c].astype(object).to_numpy()[known]
+        human = humans[c].astype(object).to_numpy()[rows[known]]
+        both = ~(pd.isna(twin) | pd.isna(human))
+        same = np.array([_same(a, b) for a, b in zip(twin, human)], dtype=bool)
+        where = np.flatnonzero(known)
+        compared[where[both]] = True
+        for r in where[both & ~same]:
+            differs[r] = True
+            if r not in first:
+                i = int(np.searchsorted(where, r))
+                first[r] = f"row {int(r)} (twin_of {plain(frame['twin_of'].iloc[r])!r}): {c} {plain(twin[i])!r}, " \
+                           f"its human's {plain(human[i])!r}"
+    n_diff, n_compared = int(differs.sum()), int(compared.sum())
+    if not n_diff:
+        return
+    examples = "; ".join(first[r] for r in sorted(first)[:3])
+    share = n_diff / n_compared
+    if share > PERSONA_MISMATCH:
+        raise SpecError(name, [Problem("twin_of", f"{n_diff} of {n_compared} twins ({share:.0%}) have given columns "
+                                       f"({', '.join(columns)}) that contradict their human's: {examples}. Is "
+                                       "`twin_of` shifted or from another file? (More than "
+                                       f"{PERSONA_MISMATCH:.0%} is refused; respondents given other personas on "
+                                       "purpose: leave out twin_of, and they are scored as a pooled sample)")],
+                        what="the synthetic data (expected: each twin's persona and conditions as its human's)")
+    log.warning("%s: %d of %d twins have given columns that differ from their human's (%s)", name, n_diff,
+                n_compared, examples)
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
+        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=1e-12))
+    return str(a) == str(b)
+
+
+def humans_own_answers(spec: StudySpec, frame: pd.DataFrame, humans: pd.DataFrame) -> bool:
+    """True when the synthetic set is the humans' own answers: paired, each twin answers every
+    question as its human did; otherwise, the same rows of answers (in any order) as the humans."""
+    q = spec.question_columns
+    if len(frame) != len(humans):
+        return False
+    twin = frame[q].astype(object).where(frame[q].notna(), None)
+    human = humans[q].astype(object).where(humans[q].notna(), None)
+    if "twin_of" in frame.columns:
+        rows = humans.index.get_indexer(frame["twin_of"].to_numpy())
+        if (rows < 0).any():
+            return False
+        return bool((twin.to_numpy() == human.to_numpy()[rows]).all())
+    as_rows = sorted(map(repr, twin.itertuples(index=False, name=None)))
+    return as_rows == sorted(map(repr, human.itertuples(index=False, name=None)))
 
 
 def probability_columns(spec: StudySpec) -> list[str]:
