@@ -112,6 +112,10 @@ def test_bad_input_through_the_api_is_a_user_error_naming_the_column(files):
         fx.score(study.spec, twins, human=files / "humans.csv")
     with pytest.raises(UserError, match="metrics.families='vibes'"):
         fx.score(study, files / "twins.csv", families=("vibes",))
+    with pytest.raises(UserError, match="metrics.permutations=5: expected 0 .no tests. or at least 19"):
+        fx.score(study, files / "twins.csv", permutations=5)
+    with pytest.raises(UserError, match="metrics.bootstrap=1000000000: expected at most .* GiB"):
+        fx.score(study, files / "twins.csv", bootstrap=10**9)
 
 
 def test_the_api_refuses_what_the_command_line_refuses(files):

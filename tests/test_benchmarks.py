@@ -56,7 +56,7 @@ def test_finetune_benchmark(tmp_path):
 
 def test_metrics_suite_benchmark(tmp_path):
     figures = run("metrics_suite.py", "--n", "300", "--bootstrap", "5", "--reference-splits", "2",
-                  "--permutations", "5", tmp_path=tmp_path)
+                  "--permutations", "19", tmp_path=tmp_path)
     assert figures["suite_total_s"] > 0 and figures["keys"] > 300
     for part in ("one_arm_bootstrap_s", "one_arm_swap_tests_s", "one_comparison_s", "human_reference_s"):
         assert figures[part] > 0, part

@@ -197,6 +197,7 @@ def evaluate(spec: StudySpec, human: pd.DataFrame, synthetic: Mapping[str, pd.Da
     notes: dict[str, str] = {}
     results = {}
     options.check_compare(synthetic)
+    options.check_memory(len(human), max(len(frame) for frame in synthetic.values()))
     options.warn_if_few_replicates()
     for arm, frame in synthetic.items():
         if humans_own_answers(spec, frame, human):

@@ -191,6 +191,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     if cfg.get("evaluate") is not None:   # evaluate-only (conf/experiment/evaluate.yaml)
         human, files = setup_evaluate(settings.evaluate, study)
         options.check_compare(files)
+        options.check_memory(len(human), max(len(frame) for frame in files.values()))
         return Plan(study=study, settings=settings, options=options, arms={}, split=None,
                     scored_on="evaluate.human", files=files, human=human, tracking_uri=uri, cfg=cfg)
     who = split_settings(settings)
@@ -199,6 +200,7 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
     if options.compare is None:
         options = dataclasses.replace(options, compare=default_comparisons(arms))
     options.check_compare(arms)
+    options.check_memory(len(split.evaluation), len(split.evaluation))   # one twin per scored human
     llm = None
     if any(arm.uses_llm for arm in arms.values()):
         llm = LLMSettings.of(settings, tracking_uri=uri)

@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SITE = Path(sys.prefix) / "qlora"      # make test: pip install --no-deps --target .venv/qlora -r requirements/gpu.txt
 RUN = ("+experiment=quickstart", "model=tiny_random", "finetune=qlora", "model.device=cpu", "finetune.max_steps=3",
-       "eval.n=12", "metrics.bootstrap=10", "metrics.reference_splits=2", "metrics.permutations=10",
+       "eval.n=12", "metrics.bootstrap=10", "metrics.reference_splits=2", "metrics.permutations=20",
        "tracking.traces_per_arm=0", "tracking.system_metrics=false")
 
 pytestmark = pytest.mark.slow

@@ -85,7 +85,7 @@ def test_batched_swaps_equal_swaps_done_by_hand(people, monkeypatch):
         return out
 
     monkeypatch.setattr(suite, "compute", spy)
-    values = evaluate_arm(SPEC, humans, twins, Options(bootstrap=0, reference_splits=0, permutations=4)).values
+    values = evaluate_arm(SPEC, humans, twins, Options(bootstrap=0, reference_splits=0, permutations=19)).values
     for r in range(2):
         swap = seen["si"][r] >= len(twins)          # twin j swapped when its row comes from the swapped copy
         hand = _by_hand(raw, humans, twins, swap)

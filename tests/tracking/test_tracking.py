@@ -17,7 +17,7 @@ from ..conftest import split_of, start_run_of, store_uri
 from .races import RACES, race_two_trials
 
 
-SMALL = ("metrics.bootstrap=10", "metrics.reference_splits=2", "metrics.permutations=10")
+SMALL = ("metrics.bootstrap=10", "metrics.reference_splits=2", "metrics.permutations=20")
 # The quickstart's recipe at test size: the tiny random model, a short fine-tune, 60 twins.
 TINY = ("model=tiny_random", "finetune.max_steps=2", "eval.n=60")
 

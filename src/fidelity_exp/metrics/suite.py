@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
 
@@ -30,6 +31,7 @@ from fidelity_exp.study.spec import StudySpec
 
 log = logging.getLogger(__name__)
 MIN_DEFINED_SWAPS = 0.5      # a test needs at least this share of its swapped values defined
+BYTES_PER_REPLICATE_ROW = 64   # peak scoring memory per replicate and respondent (Options.check_memory)
 SWAP_STREAM, COMPARE_STREAM = 2, 3   # seed offsets: the reference uses [seed, 1], the bootstrap seed itself
 
 
@@ -71,6 +73,12 @@ class Options(Checked):
             raise ConfigError("metrics.bootstrap", 1, "expected 0 (no intervals) or at least 2: one replicate gives "
                               f"a zero-width interval ({self.interval_replicates} or more for a "
                               f"{1 - self.alpha:.0%} interval whose ends are not the most extreme replicates)")
+        if 0 < self.permutations < self.fewest_permutations:
+            raise ConfigError("metrics.permutations", self.permutations,
+                              f"expected 0 (no tests) or at least {self.fewest_permutations}: with R permutations the "
+                              f"smallest p value is 1/(R+1) = {1 / (self.permutations + 1):.3g}, above metrics.fdr="
+                              f"{self.fdr:g}, so no arm could ever be found unlike the humans and every one would "
+                              "read 'like humans'")
         if self.compare is not None:
             if isinstance(self.compare, str) or not isinstance(self.compare, (list, tuple)):
                 raise ConfigError("metrics.compare", self.compare, "expected a list of pairs of arms, e.g. "
@@ -81,6 +89,31 @@ class Options(Checked):
     def interval_replicates(self) -> int:
         """2/alpha: the fewest replicates whose (1 - alpha) interval ends are not the most extreme ones."""
         return math.ceil(2 / self.alpha)
+
+    @property
+    def fewest_permutations(self) -> int:
+        """1/fdr - 1: the fewest permutations whose smallest p value, 1/(R+1), can reach fdr."""
+        return max(1, math.ceil(1 / self.fdr - 1e-9) - 1)
+
+    def check_memory(self, n_humans: int, n_twins: int, memory: int | None = None) -> None:
+        """Scoring holds every bootstrap replicate (and every permutation) of the humans and twins
+        at once: about 32 bytes per replicate and respondent measured on the shipped studies (944
+        humans, as many twins); BYTES_PER_REPLICATE_ROW = 64 leaves room for the arm comparisons,
+        which score two arms' swaps together. More than half of this machine's memory is refused
+        before anything runs, naming the most that fits."""
+        memory = memory or physical_memory()
+        if not memory:
+            return
+        for name in ("bootstrap", "permutations"):
+            replicates = getattr(self, name)
+            need = BYTES_PER_REPLICATE_ROW * replicates * (n_humans + n_twins)
+            if need > memory / 2:
+                most = int(memory / 2 // (BYTES_PER_REPLICATE_ROW * (n_humans + n_twins)))
+                raise ConfigError(f"metrics.{name}", replicates,
+                                  f"expected at most {most:,} here: scoring holds all {replicates:,} replicates of "
+                                  f"{n_humans:,} humans and {n_twins:,} twins at once, about {need / 2**30:,.1f} GiB "
+                                  f"(~{BYTES_PER_REPLICATE_ROW} bytes per replicate and respondent), more than half of "
+                                  f"this machine's {memory / 2**30:.0f} GiB")
 
     def warn_if_few_replicates(self) -> None:
         """Said once per scoring (api.evaluate): 2 to 2/alpha - 1 replicates give intervals, rough ones."""
@@ -316,3 +349,10 @@ def human_reference(spec: StudySpec, human: pd.DataFrame, opts: Options) -> dict
             out[reference_key(key)] = float(finite.mean()) if len(finite) else None
     return out
 
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
