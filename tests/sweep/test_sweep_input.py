@@ -31,3 +31,49 @@ def test_bad_sweep_input_is_one_message_and_writes_nothing(tmp_path, args, messa
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "mlruns" / "mlflow.db").exists() and not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+SMALL = ("arms=[tabular]", "hydra.sweeper.objective=tabular/fidelity_score", "hydra.sweeper.n_trials=1",
+         "metrics.bootstrap=0", "metrics.permutations=0", "metrics.reference_splits=0", "tracking.enabled=false")
+
+
+def _studies(folder) -> dict[str, int]:
+    import optuna
+
+    storage = f"sqlite:///{folder / 'mlruns' / 'optuna.db'}"
+    return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_a_sweep_whose_params_come_only_from_the_command_line_runs(tmp_path):
+    """No sweeps/ file: the sweeper and its one param named on the command line (a ValueError from
+    OmegaConf before)."""
+    done = main("-m", "+experiment=quickstart", "hydra/sweeper=fidelity_optuna", "pilot.n=choice(40,50)", *SMALL,
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(_studies(tmp_path).values()) == [1]
+
+
+def _experiment(folder, min_group_size: int) -> str:
+    """The user's own experiment file (their conf folder), which they edit between two sweeps."""
+    conf = folder / "my_conf" / "experiment"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - quickstart\n\n"
+                                    f"metrics:\n  min_group_size: {min_group_size}\n")
+    return f"hydra.searchpath=[file://{folder / 'my_conf'}]"
+
+
+def test_an_edited_experiment_is_another_study_and_never_resumes_an_old_one(tmp_path):
+    args = ("+experiment=mine", "hydra/sweeper=fidelity_optuna", "pilot.n=choice(40,50)", *SMALL)
+    done = main("-m", _experiment(tmp_path, 10), *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (first,) = _studies(tmp_path)
+    done = main("-m", _experiment(tmp_path, 10), *args, "hydra.sweeper.n_trials=2", cwd=tmp_path)   # same settings: resumed
+    assert done.returncode == 0 and _studies(tmp_path) == {first: 2}, done.stderr[-3000:]
+    done = main("-m", _experiment(tmp_path, 15), *args, cwd=tmp_path)    # edited: the default name follows the settings
+    assert done.returncode == 0, done.stderr[-3000:]
+    studies = _studies(tmp_path)
+    assert len(studies) == 2 and studies[first] == 2
+    done = main("-m", _experiment(tmp_path, 20), *args, f"hydra.sweeper.study_name={first}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"study {first!r}" in done.stderr and "metrics.min_group_size: 10 -> 20" in done.stderr
+    assert _studies(tmp_path)[first] == 2

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
@@ -52,7 +53,7 @@ from fidelity_exp.metrics import key_info
 from fidelity_exp.metrics.score import SCORE
 from fidelity_exp.paths import PathSettings, resolve
 from fidelity_exp.settings import Checked, option, typed
-from fidelity_exp.study import SplitSettings
+from fidelity_exp.study import SplitSettings, Study
 from fidelity_exp.sweep.runs import SweepRuns, masked
 from fidelity_exp.sweep.space import SearchSpace, parse
 from fidelity_exp.tracking.mlflow_run import first_use_lock
@@ -179,11 +180,15 @@ class OptunaSweep:
                 direction = "maximize" if info.higher_is_better else "minimize"
         return base, fixed, direction
 
-    def study_name(self, space: SearchSpace, base: DictConfig) -> str:
+    def study_name(self, space: SearchSpace, base: DictConfig, identity: dict[str, str]) -> str:
+        """hydra.sweeper.study_name, else <sweep>-<study>-<hash of the space, the objective, the
+        composed config and the data>: the same command resumes its study, and a sweep whose
+        experiment file or data changed starts a new one."""
         if self.s.study_name:
             return self.s.study_name
         sweep = dict(base.hydra.runtime.choices).get("sweep") or "sweep"
-        digest = hashlib.sha1((space.signature() + str(self.s.objective)).encode()).hexdigest()[:8]
+        digest = hashlib.sha1((space.signature() + str(self.s.objective) + json.dumps(identity, sort_keys=True)
+                               ).encode()).hexdigest()[:8]
         return f"{sweep}-{base.data.name}-{digest}"
 
     def sampler(self, n_existing: int):
@@ -201,7 +206,9 @@ class OptunaSweep:
             raise ConfigError("hydra.sweeper.params", {}, "expected at least one swept param, e.g. "
                               "finetune.lora.rank: choice(4,8,16)")
         base, fixed, direction = self.check(space)
-        name = self.study_name(space, base)
+        task_cfg = self._task_config(base)
+        identity = study_identity(task_cfg, fixed.study)
+        name = self.study_name(space, base, identity)
         url = self.s.storage or default_storage(fixed.settings.paths)
         with first_use_lock(url), warnings.catch_warnings():   # several processes may start on one new sqlite file
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # the heartbeat, on purpose
@@ -211,6 +218,7 @@ class OptunaSweep:
                 # a database server restarted under a running sweep: stale pooled connections are replaced
                 engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
             study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+        check_identity(study, identity, masked(url))
         if study.direction.name.lower() != direction:
             raise ConfigError("hydra.sweeper.direction", direction, f"study {name!r} in {masked(url)} already "
                               f"optimises in direction {study.direction.name.lower()}")
@@ -222,7 +230,6 @@ class OptunaSweep:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        task_cfg = self._task_config(base)
         where = fixed.settings
         self.runs = SweepRuns(where.tracking, where.paths, name) if where.tracking.enabled else None
         if self.runs:
@@ -434,3 +441,45 @@ class OptunaSweep:
                                 if not line.startswith("!["))   # the run page shows the summary, the artifact the plots
             parent.set_tags({NOTE: verdict_note(summary, {"report": "sweep_report/report.html"})})
             self.runs.finish_parent("FINISHED")
+
+
+# -- what a study's trials were run with ---------------------------------------------------------------
+IDENTITY_ATTR = "fidelity_exp.identity"
+NOT_IDENTITY = ("paths", "tracking")   # where outputs and runs go: a resume may move them
+
+
+def study_identity(task_cfg: DictConfig, study: Study) -> dict[str, str]:
+    """What the trials' results depend on besides their params: the composed task config (without
+    the output and tracking places), one line per key, and the study's spec and data (a digest of
+    the checked human frame: an edited data file is another study)."""
+    from pandas.util import hash_pandas_object
+
+    cfg = {k: v for k, v in OmegaConf.to_container(task_cfg, resolve=True).items() if k not in NOT_IDENTITY}
+    lines = {key: json.dumps(value, sort_keys=True, default=str) for key, value in _flat(cfg)}
+    frame_digest = hashlib.sha1(hash_pandas_object(study.frame, index=True).to_numpy().tobytes()).hexdigest()[:12]
+    lines["<data>"] = f"{study.spec.name} v{study.spec.version}, {len(study.frame)} respondents, digest {frame_digest}"
+    return lines
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        return [item for k, v in value.items() for item in _flat(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), value)]
+
+
+def check_identity(study: optuna.Study, identity: dict[str, str], where: str) -> None:
+    """A study keeps the identity of its first sweep; resuming it with another config or data would
+    rank trials run under different settings together: refused, naming what changed."""
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    if stored is None:
+        study.set_user_attr(IDENTITY_ATTR, identity)
+        return
+    changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {stored.get(k, '(absent)')} -> {identity.get(k, '(absent)')}" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ConfigError("hydra.sweeper.study_name", study.study_name,
+                          f"study {study.study_name!r} in {where} ran its {len(study.trials)} trials with another "
+                          f"configuration or data ({shown}{more}); resuming it would rank trials run under different "
+                          "settings together. Put the settings back, or start a new study: another "
+                          "hydra.sweeper.study_name, or leave it null (the name then follows the configuration)")
