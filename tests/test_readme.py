@@ -26,7 +26,9 @@ ONE_POINT = {"+sweep=pilot_size": ["pilot.n=choice(25)", "seed=choice(0)"],
              "+sweep=ppi_budget": ["pilot.finetune_fraction=choice(0.5)", "pilot.n=choice(100)", "seed=choice(0)"],
              "+experiment=ppi_coverage": ["seed=choice(0)"], "+sweep=lora": ["hydra.sweeper.n_trials=1"]}
 ONLY_COMPOSED = ("qwen2_5_7b_instruct", "llama3_1_8b_instruct")     # 7-8B presets: --cfg job only
-HEAVY = ("eval.n=300", "pilot.crossfit_folds=5", "pilot.finetune_fraction=0.5")   # 300 twins, 5 or 2 fine-tunes: slow lane
+HEAVY = ("eval.n=300", "pilot.crossfit_folds=5", "pilot.finetune_fraction=0.5",   # 300 twins, 5 or 2 fine-tunes,
+         "arms.served.base_url=")                                               # a served arm: slow lane
+SERVED = re.compile(r"arms\.served\.base_url=\S+")   # pointed at llama.cpp's server (tests/conftest.py)
 ELSEWHERE = {"hydra/launcher=slurm": "tests/cluster runs the SLURM sweep on the local cluster"}
 
 
@@ -100,8 +102,10 @@ def test_the_readme_shows_commands():
 
 
 @pytest.mark.parametrize("command", [_case(c) for c in COMMANDS])
-def test_every_readme_command_runs(command, tmp_path):
+def test_every_readme_command_runs(command, tmp_path, request):
     _user_files(tmp_path)
+    if SERVED.search(command):
+        command = SERVED.sub(f"arms.served.base_url={request.getfixturevalue('llama_server')}", command)
     done = main(*_argv(command, tmp_path), cwd=tmp_path)
     assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
     assert "Traceback" not in done.stderr

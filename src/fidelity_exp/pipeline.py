@@ -136,9 +136,9 @@ def setup_evaluate(settings: EvaluateSettings, study: Study) -> tuple[pd.DataFra
 def default_comparisons(arms: dict[str, Arm]) -> tuple[tuple[str, str], ...]:
     """METRICS.md section 11's default: every LLM arm against the base model and against each
     no-LLM baseline."""
-    llm = [name for name, arm in arms.items() if arm.uses_llm]
+    llm = [name for name, arm in arms.items() if arm.simulated_by_llm]
     bases = [name for name, arm in arms.items() if isinstance(arm, BaseModel)]
-    baselines = [name for name, arm in arms.items() if not arm.uses_llm]
+    baselines = [name for name, arm in arms.items() if not arm.simulated_by_llm]
     return tuple((a, b) for a in llm for b in [*bases, *baselines] if a != b)
 
 
@@ -201,6 +201,9 @@ def plan(cfg: DictConfig, choices: dict[str, str] | None = None, study: Study | 
         options = dataclasses.replace(options, compare=default_comparisons(arms))
     options.check_compare(arms)
     options.check_memory(len(split.evaluation), len(split.evaluation))   # one twin per scored human
+    if device_checks:   # what the run's machine reaches: a served arm's budget and server
+        for arm in arms.values():
+            arm.check_run(study, split, settings)
     llm = None
     if any(arm.uses_llm for arm in arms.values()):
         llm = LLMSettings.of(settings, tracking_uri=uri)
@@ -279,10 +282,10 @@ def carry_out(p: Plan, output: Path, tracked) -> dict[str, float | None]:
 def log_traces(p: Plan, tracked, synthetic: dict[str, pd.DataFrame]) -> None:
     """A sample of each LLM arm's twins as MLflow traces (tracking.traces_per_arm)."""
     n = p.tracking.traces_per_arm
-    llm_arms = [name for name, arm in p.arms.items() if arm.uses_llm and name in synthetic]
+    llm_arms = [name for name, arm in p.arms.items() if arm.simulated_by_llm and name in synthetic]
     if not n or not llm_arms:
         return
-    shown = p.llm.simulate.shown_order
+    shown = p.settings.simulate.shown_order
     count = min(n, len(p.human))
     orders = [interview_orders(p.study.spec, shown, seed=p.seed, who=i) for i in range(count)]
     seconds = sum(notebook.log_twin_traces(tracked, p.tracking_uri, tracked.experiment_id, p.study.spec, arm,
@@ -296,7 +299,7 @@ def simulate_arms(p: Plan, tracked: tracking.TrackedRun | None
     """Each arm's synthetic twins of the scored humans, checked like a user's file; when the
     pilot has rectification folds, the twin sets the rectified estimates need; and the LLM
     arms' forward and reversed scorings (position metrics)."""
-    ctx = ArmContext(p.study, p.split, seed=p.seed, tracked=tracked,
+    ctx = ArmContext(p.study, p.split, seed=p.seed, tracked=tracked, settings=p.settings,
                      make_llm=(lambda c: LLMSession(p.llm, c)) if p.llm is not None else None)
     frames: dict[str, pd.DataFrame] = {}
     positions: dict[str, OrderScorings] = {}

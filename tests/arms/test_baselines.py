@@ -86,7 +86,7 @@ def test_tabular_probabilities_are_a_distribution(disclosure):
 
 
 def test_unknown_arm_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"arms='gpt5'.*unknown arm; known: base, finetuned, pilot_resample, tabular"):
+    with pytest.raises(ConfigError, match=r"arms='gpt5'.*unknown arm; known: base, finetuned, pilot_resample, served, tabular"):
         ARMS["gpt5"]
 
 

@@ -67,7 +67,8 @@ def test_an_edited_experiment_is_another_study_and_never_resumes_an_old_one(tmp_
     done = main("-m", _experiment(tmp_path, 10), *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     (first,) = _studies(tmp_path)
-    done = main("-m", _experiment(tmp_path, 10), *args, "hydra.sweeper.n_trials=2", cwd=tmp_path)   # same settings: resumed
+    # the same settings: resumed
+    done = main("-m", _experiment(tmp_path, 10), *args, "hydra.sweeper.n_trials=2", cwd=tmp_path)
     assert done.returncode == 0 and _studies(tmp_path) == {first: 2}, done.stderr[-3000:]
     done = main("-m", _experiment(tmp_path, 15), *args, cwd=tmp_path)    # edited: the default name follows the settings
     assert done.returncode == 0, done.stderr[-3000:]

@@ -49,6 +49,7 @@ class ArmContext:
     split: "Split"
     seed: int
     tracked: Any = None
+    settings: Any = None          # the run's typed settings (settings.check_config)
     make_llm: Callable[["ArmContext"], Any] | None = None
     _llm: Any = field(default=None, repr=False)
 
@@ -66,11 +67,16 @@ class Arm(Checked):
     ranges declared with `settings.option`), registered with `@ARMS.register(name)`; `name` is set
     from the config node's key."""
 
-    uses_llm: ClassVar[bool] = False
+    uses_llm: ClassVar[bool] = False          # needs the run's in-process model (ArmContext.llm())
+    simulated_by_llm: ClassVar[bool] = False  # an LLM answers (in-process or served): compared, traced
     name: str = "arm"
 
     def check(self, *, finetune: Any = None) -> None:
         """Checks that can fail before any run exists (beyond the option types); default none."""
+
+    def check_run(self, study: "Study", split: "Split", settings: Any) -> None:
+        """Checks that need the study, the split and the run's typed settings, made in `plan`
+        before the run starts (a served arm's request budget and probe); default none."""
 
     def simulate(self, ctx: ArmContext) -> Twins:
         raise NotImplementedError
@@ -132,4 +138,4 @@ def check_arm_names(names: list[str], key: str) -> None:
 
 
 # The built-in arms register themselves (imported last: they use ARMS above).
-from fidelity_exp.arms import llm, pilot_resample, tabular  # noqa: E402,F401
+from fidelity_exp.arms import llm, pilot_resample, served, tabular  # noqa: E402,F401

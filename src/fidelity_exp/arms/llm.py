@@ -216,6 +216,7 @@ class BaseModel(Arm):
     """The pretrained instruction model, as it is."""
 
     uses_llm: ClassVar[bool] = True
+    simulated_by_llm: ClassVar[bool] = True
 
     def simulate(self, ctx: ArmContext) -> Twins:
         session = ctx.llm()
@@ -230,6 +231,7 @@ class Finetuned(Arm):
     (`finetune=registered`); the method and its settings are the `finetune` config group."""
 
     uses_llm: ClassVar[bool] = True
+    simulated_by_llm: ClassVar[bool] = True
 
     def check(self, *, finetune: FinetuneSettings | None = None) -> None:
         if finetune is not None and finetune.method == "registered":
