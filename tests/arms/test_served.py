@@ -221,3 +221,47 @@ def test_the_completions_api_reads_what_the_chat_api_reads(llama_server, tmp_pat
             chat = messages(study.spec, g, list(a[:j]) + [None] * (len(a) - j), upto=j)
             chat_p, text_p = (clients[api].read(chat, len(q.options)).probs for api in ("chat", "completions"))
             assert np.abs(chat_p - text_p).max() < 1e-3, (j, chat_p, text_p)
+
+
+class _GoesDown(http.server.BaseHTTPRequestHandler):
+    """A loopback proxy to the real server that answers HTTP 400 from its `healthy`-th request on."""
+
+    target, healthy, seen = "", 0, 0
+
+    def do_POST(self):   # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _GoesDown.seen += 1
+        if _GoesDown.seen > _GoesDown.healthy:
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b"model unloaded")
+            return
+        request = urllib.request.Request(_GoesDown.target + self.path.removeprefix("/v1"), data=body,
+                                         headers={"Content-Type": "application/json"})
+        reply = urllib.request.urlopen(request, timeout=60).read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_lost_mid_run_fails_the_run_and_stops_every_twin(llama_server, tmp_path):
+    _GoesDown.target, _GoesDown.healthy, _GoesDown.seen = llama_server, 6, 0
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GoesDown)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{proxy.server_port}/v1"
+        done = main("+experiment=quickstart", "arms=[served]", f"arms.served.base_url={url}",
+                    "arms.served.model=smollm2",
+                    "arms.served.cache_dir=", "arms.served.concurrency=2", "eval.n=10", "pilot.n=40",
+                    "simulate.position_metrics=false", cwd=tmp_path)
+    finally:
+        proxy.shutdown()
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "answered HTTP 400: model unloaded" in done.stderr
+    assert [status for status, _ in _runs(tmp_path)] == ["FAILED"]
+    # 1 probe + 5 healthy, the failing request, and at most the other twin's request in flight
+    assert _GoesDown.seen <= 6 + 2, _GoesDown.seen

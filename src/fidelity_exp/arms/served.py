@@ -12,8 +12,9 @@ uniforms (`simulate.temperature`), as every LLM arm does.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -135,8 +136,14 @@ class Served(Arm):
         mass: list[list[float]] = [[] for _ in range(n)]
         missing: list[list[int]] = [[] for _ in range(n)]
 
+        stop = threading.Event()   # set when one interview fails or the run is stopped: the others end
+
         def read(i: int, chat: list[dict[str, str]], k: int, order) -> np.ndarray:
-            reading = client.read(chat, k)
+            try:
+                reading = client.read(chat, k)
+            except BaseException:
+                stop.set()          # before this thread takes another twin
+                raise
             mass[i].append(reading.mass)
             missing[i].append(reading.missing)
             return over_codes(reading.probs[None, :], [order])[0]
@@ -144,6 +151,8 @@ class Served(Arm):
         def interview(i: int) -> None:
             orders = interview_orders(spec, branches.history, seed=ctx.seed, who=i)
             for j, q in enumerate(spec.questions):
+                if stop.is_set():
+                    return
                 k = len(q.options)
                 padded = answers[i] + [None] * (n_q - j)
                 chat = messages(spec, twins[i], padded, upto=j, show_persona=sim.show_persona, orders=orders)
@@ -164,7 +173,16 @@ class Served(Arm):
         log.info("arm %s: interviewing %d twins through %s (%d in flight)", self.name, n, self.base_url,
                  self.concurrency)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            list(pool.map(interview, range(n)))   # list(): the first error is raised here
+            futures = [pool.submit(interview, i) for i in range(n)]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)   # the first failure, not the first twin's turn
+                for future in futures:
+                    future.result()
+            except BaseException:   # a server gone mid-run, Ctrl-C, SIGTERM: no twin sends another request
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
         seconds = time.perf_counter() - started
         frame = twin_base(ctx.study, ctx.split)
         for j, q in enumerate(spec.questions):
