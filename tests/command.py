@@ -33,6 +33,7 @@ def main(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Completed
     Everything it changes in this process (environment, directory, argv, logging, Hydra's and
     MLflow's globals) is put back."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from fidelity_exp.__main__ import main as entry
 
@@ -40,6 +41,7 @@ def main(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Completed
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     root = logging.getLogger()
     saved_logging = root.handlers[:], root.level
+    saved_hydra_config = HydraConfig.instance().cfg   # a test's composed config: a process starts without one
     status = 0
     try:
         for key in CLEARED:
@@ -48,6 +50,7 @@ def main(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Completed
         os.chdir(cwd)
         sys.argv = ["fidelity_exp", *args]
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 entry()
@@ -58,6 +61,7 @@ def main(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Completed
                 status = 1
     finally:
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = saved_hydra_config
         os.chdir(saved_cwd)
         sys.argv = saved_argv
         os.environ.clear()
