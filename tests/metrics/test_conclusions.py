@@ -186,3 +186,70 @@ def test_verdict_sentences_are_written_from_the_numbers():
     assert said[1].startswith("base is indistinguishable from the humans on 0 of 2")
     assert said[2] == ("ft beats base on divergence/js/mean (p = 0.004); but not on subgroup/g/js/mean "
                        "(BH at 0.05).")
+
+
+def _answer_metrics(tuned_better: dict[str, tuple[float, float]], qs: dict[str, dict[str, float]],
+                    scores: dict[str, float]) -> dict:
+    m = {}
+    for arm, by_key in qs.items():
+        for key, q in by_key.items():
+            m[registry.perm_key(registry.arm_key(arm, key), "q_value")] = q
+    for key, (better, p) in tuned_better.items():
+        m[registry.compare_key("finetuned", "base", key, "better")] = better
+        m[registry.compare_key("finetuned", "base", key, "p_value")] = p
+    for arm, score in scores.items():
+        m[registry.arm_key(arm, "fidelity_score")] = score
+    m[registry.reference_key("fidelity_score")] = 0.1
+    return m
+
+
+def test_the_short_answer_says_first_whether_fine_tuning_helped():
+    """#30: the description's first sentences answer "did fine-tuning help?" (with how much, p and
+    q), then which arms are like the humans, then the best arm; one row per arm with marks."""
+    from fidelity_exp.report import verdict
+
+    keys = ["divergence/js/mean", "subgroup/g/js/mean", "coherence/a__b/spearman/abs_diff"]
+    qs = {"finetuned": dict.fromkeys(keys, 0.5), "base": {keys[0]: 0.01, keys[1]: 0.5, keys[2]: 0.02},
+          "tabular": dict.fromkeys(keys, 0.3)}
+    m = _answer_metrics({keys[0]: (0.05, 0.004), keys[1]: (0.001, 0.6), keys[2]: (0.03, 0.01)}, qs,
+                        {"finetuned": 0.21, "base": 0.35, "tabular": 0.25})
+    said = verdict.short_answer(m, ["base", "finetuned", "tabular"], keys, 0.05)
+    assert said[0] == ("Fine-tuning helped: finetuned beats base on 2 of 3 score components (divergence/js/mean by "
+                       "0.05 (p 0.004, q 0.012); coherence/a__b/spearman/abs_diff by 0.03 (p 0.010, q 0.015)) "
+                       "(BH at 0.05).")
+    assert said[1] == ("Like the humans on every score component: finetuned, tabular; like them on 1 of 3 for base "
+                       "(swap tests, q > 0.05).")
+    assert said[2] == ("Best fidelity_score (lower is better): finetuned 0.210, then tabular 0.250, base 0.350; "
+                       "two halves of the humans score 0.100.")
+    rows = verdict.compact_table(m, ["base", "finetuned"], keys, 0.05)
+    assert rows[2] == "| base | 0.350 | 1 of 3 | ✗ | ✓ | ✗ |" and rows[3] == "| finetuned | 0.210 | 3 of 3 | ✓ | ✓ | ✓ |"
+    worse = _answer_metrics({keys[0]: (-0.05, 0.001)}, qs, {"finetuned": 0.4, "base": 0.3})
+    assert verdict.short_answer(worse, ["base", "finetuned"], keys, 0.05)[0].startswith(
+        "Fine-tuning made twins worse: base beats finetuned on 1 of 1 score components (divergence/js/mean by 0.05")
+    none = _answer_metrics({k: (0.01, 0.5) for k in keys}, qs, {"finetuned": 0.3, "base": 0.3})
+    assert verdict.short_answer(none, ["base", "finetuned"], keys, 0.05)[0] == (
+        "Fine-tuning did not change the twins detectably: finetuned and base differ on none of 3 score components "
+        "(BH at 0.05).")
+    assert verdict.short_answer(m, ["tabular"], keys, 0.05)[0].startswith("Fine-tuning: this run has no finetuned")
+
+
+def test_the_run_description_opens_with_the_answer(tmp_path):
+    """The tiny quickstart's description names finetuned vs base within its first 800 characters
+    (what the MLflow UI shows before "Show more")."""
+    import json
+
+    from fidelity_exp.report import run_description
+
+    from ..command import main
+
+    done = main("+experiment=quickstart", "model=tiny_random", "finetune.max_steps=2", "pilot.n=40", "eval.n=40",
+                "metrics.bootstrap=20", "metrics.permutations=20", "metrics.reference_splits=3",
+                "tracking.traces_per_arm=0", "hydra.run.dir=out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    text = run_description(metrics, ["base", "finetuned", "pilot_resample", "tabular"])
+    first = text[:800]
+    assert first.startswith("## The answer") and "finetuned" in first and "base" in first
+    assert "Fine-tuning" in first and ("Like the humans" in first or "No arm is like the humans" in first)
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert report.index("## The answer") < report.index("## Verdict")

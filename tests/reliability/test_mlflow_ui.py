@@ -101,7 +101,8 @@ def _click_text(driver, text: str, *, prefix: bool = False, below: int = 0, righ
 @pytest.mark.slow
 def test_the_newcomer_path_through_the_mlflow_ui(tmp_path):
     """From the home page to the address the run printed: the runs table (Dataset and Source
-    filled), the run page (the description's headline table, the Datasets panel, the metric),
+    filled), the run page (the description's answer first: did fine-tuning help; then its
+    headline table, the Datasets panel, the metric),
     the report artifact, a plot previewed, and the Traces tab with one twin's interview."""
     assert CHROMIUM.exists() and CHROMEDRIVER.exists(), (
         "Debian's chromium and chromium-driver are needed: `make browser` (run by `make test`) installs them")
@@ -144,10 +145,12 @@ def test_the_newcomer_path_through_the_mlflow_ui(tmp_path):
         driver.save_screenshot(str(shots / "mlflow_ui_runs.png"))
 
         driver.get(printed)                                       # the run page: description, datasets
-        _visible_text_with(driver, "Headline metrics", "anes96-pilot", "Source")
+        first = _visible_text_with(driver, "The answer", "anes96-pilot", "Source")   # before "Show more"
+        assert "finetuned" in first and "Fine-tuning" in first, first[:2000]   # did fine-tuning help, first
+        driver.save_screenshot(str(shots / "mlflow_ui_answer.png"))
         _click_text(driver, "Show more")
         _click_text(driver, "+5")
-        page = _visible_text_with(driver, "human split-half", "fidelity_score", "anes96-evaluation",
+        page = _visible_text_with(driver, "Headline metrics", "human split-half", "fidelity_score", "anes96-evaluation",
                                   "anes96-synthetic-finetuned", "anes96-synthetic-tabular")
         assert "No description" not in page
         driver.save_screenshot(str(shots / "mlflow_ui_run.png"))
@@ -168,7 +171,7 @@ def test_the_newcomer_path_through_the_mlflow_ui(tmp_path):
         driver.save_screenshot(str(shots / "mlflow_ui_plot.png"))
 
         driver.get(printed)                                       # the run's Traces tab: its twins
-        _visible_text_with(driver, "Headline metrics")
+        _visible_text_with(driver, "The answer")
         _click_text(driver, "Traces", below=60, right_of=300)
         _visible_text_with(driver, "human/vote", "persona")
         driver.save_screenshot(str(shots / "mlflow_ui_traces.png"))

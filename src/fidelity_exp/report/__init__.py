@@ -158,7 +158,9 @@ def write_report(folder: Path, spec: StudySpec, human: pd.DataFrame, synthetic: 
         md += ["## Option order (position)", "", position.INTRO, "", _markdown_table(order_tab), ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]
     (folder / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    body = ("<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
+    answer = verdict.short_answer(metrics, arms, _component_keys(metrics, arms, components), fdr)
+    body = ("<h2>The answer</h2><p>" + html.escape(" ".join(answer)) + "</p>"
+            "<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
             f"<p>{html.escape(VERDICT_INTRO.format(fdr=fdr))}</p>{humans_tab.to_html(index=False, escape=True)}")
     if pairs_tab is not None:
         body += f"<p>{html.escape(PAIRS_INTRO)}</p>{pairs_tab.to_html(index=False, escape=True)}"
@@ -186,22 +188,38 @@ def _verdict(metrics: dict, arms: list[str], fdr: float, components: tuple[str, 
     pairs = [p for p in registry.compared_pairs(metrics) if p[0] in arms and p[1] in arms]
     humans_tab = verdict.against_humans(metrics, arms, keys, fdr)
     pairs_tab = verdict.arm_vs_arm(metrics, pairs, keys, fdr) if pairs else None
-    words = verdict.sentences(metrics, arms, pairs, registry.component_keys(keys, components), fdr)
-    md = ["## Verdict", "", *[f"- {w}" for w in words], "", VERDICT_INTRO.format(fdr=fdr), "",
-          _markdown_table(humans_tab)]
+    component_keys = _component_keys(metrics, arms, components)
+    words = verdict.sentences(metrics, arms, pairs, component_keys, fdr)
+    md = [*short_form(metrics, arms, component_keys, fdr), "", "## Verdict", "", *[f"- {w}" for w in words], "",
+          VERDICT_INTRO.format(fdr=fdr), "", _markdown_table(humans_tab)]
     if pairs_tab is not None:
         md += ["", PAIRS_INTRO, "", _markdown_table(pairs_tab)]
     return words, humans_tab, pairs_tab, "\n".join(md)
 
 
+def _component_keys(metrics: dict, arms: list[str], components: tuple[str, ...] | None) -> list[str]:
+    """The headline keys the score's components (the run's, else the default ones) are made of."""
+    chosen = list(components if components is not None else registry.default_components())
+    return registry.component_keys(headline_keys(metrics, arms), chosen)
+
+
+def short_form(metrics: dict, arms: list[str], component_keys: list[str], fdr: float) -> list[str]:
+    """Markdown lines: the answer in three sentences (did fine-tuning beat the base model, which
+    arms are like the humans, which is best), then one row per arm with a mark per component."""
+    return ["## The answer", "", " ".join(verdict.short_answer(metrics, arms, component_keys, fdr)), "",
+            *verdict.compact_table(metrics, arms, component_keys, fdr)]
+
+
 def run_description(metrics: dict, arms: list[str], *, fdr: float = 0.05,
                     components: tuple[str, ...] | None = None) -> str:
-    """The MLflow run's description (markdown): the headline metrics per arm with their intervals
-    and the human split-half reference, then the verdict's sentences."""
+    """The MLflow run's description (markdown): the answer in three sentences and a compact table
+    (`short_form`, within the first screen), then the headline metrics per arm with their
+    intervals and the human split-half reference, then the verdict's long sentences."""
     words = _verdict(metrics, arms, fdr, components)[0]
-    return "\n".join(["## Headline metrics", "", "Value [95% interval] per arm; last column: the human split-half "
-                      "reference.", "", _markdown_table(table(metrics, arms)), "", "## Verdict", "",
-                      *[f"- {w}" for w in words]])
+    answer = short_form(metrics, arms, _component_keys(metrics, arms, components), fdr)
+    return "\n".join([*answer, "", "## Headline metrics", "",
+                      "Value [95% interval] per arm; last column: the human split-half reference.", "",
+                      _markdown_table(table(metrics, arms)), "", "## Verdict", "", *[f"- {w}" for w in words]])
 
 
 def save_figure(fig, path: Path) -> None:

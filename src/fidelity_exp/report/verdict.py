@@ -118,3 +118,109 @@ def sentences(metrics: dict, arms: list[str], pairs: list[tuple[str, str]], comp
                          + ", ".join(ties) + f" (BH at {fdr:g})")
         out.append("; ".join(parts) + ".")
     return out
+
+
+# --- the short answer: what a reader needs first -------------------------------------------------
+
+TUNED, BASE = "finetuned", "base"   # the arms whose comparison answers "did fine-tuning help?"
+
+
+def short_answer(metrics: dict, arms: list[str], components: list[str], fdr: float) -> list[str]:
+    """Three sentences, in this order: did fine-tuning beat the base model (on which score
+    components, by how much, p and BH q); which arms are like the humans on every component;
+    which arm has the best fidelity_score (with the humans' split-half level)."""
+    return [_tuning_sentence(metrics, arms, components, fdr), _humans_sentence(metrics, arms, components, fdr),
+            _best_sentence(metrics, arms)]
+
+
+def _tuning_sentence(metrics: dict, arms: list[str], components: list[str], fdr: float) -> str:
+    if TUNED not in arms or BASE not in arms:
+        return f"Fine-tuning: this run has no {TUNED} and {BASE} arms to compare (arms: {', '.join(arms)})."
+    found = {}
+    for key in components:
+        better = metrics.get(registry.compare_key(TUNED, BASE, key, "better"))
+        p = metrics.get(registry.compare_key(TUNED, BASE, key, "p_value"))
+        if better is not None and p is not None:
+            found[key] = (better, p)
+    if not found:
+        return (f"Fine-tuning: {TUNED} vs {BASE} was not tested (no paired comparison with p values: "
+                "metrics.permutations=0, or the arms do not share their humans).")
+    q = benjamini_hochberg({k: p for k, (_, p) in found.items()})
+    wins = [k for k, (b, _) in found.items() if q[k] <= fdr and b > 0]
+    losses = [k for k, (b, _) in found.items() if q[k] <= fdr and b < 0]
+
+    def listed(keys):
+        return "; ".join(f"{k} by {abs(found[k][0]):.3g} (p {_p(found[k][1])}, q {_p(q[k])})" for k in keys[:3]) + (
+            f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
+    n = len(found)
+    if wins and not losses:
+        head = f"Fine-tuning helped: {TUNED} beats {BASE} on {len(wins)} of {n} score components ({listed(wins)})"
+    elif losses and not wins:
+        head = (f"Fine-tuning made twins worse: {BASE} beats {TUNED} on {len(losses)} of {n} score components "
+                f"({listed(losses)})")
+    elif wins and losses:
+        head = (f"Fine-tuning is mixed: {TUNED} beats {BASE} on {len(wins)} of {n} score components ({listed(wins)}) "
+                f"and loses on {len(losses)} ({listed(losses)})")
+    else:
+        head = (f"Fine-tuning did not change the twins detectably: {TUNED} and {BASE} differ on none of {n} score "
+                "components")
+    return head + f" (BH at {fdr:g})."
+
+
+def _like_counts(metrics: dict, arm: str, components: list[str], fdr: float) -> tuple[int, int] | None:
+    qs = [metrics.get(registry.perm_key(registry.arm_key(arm, k), "q_value")) for k in components]
+    qs = [q for q in qs if q is not None]
+    return (sum(q > fdr for q in qs), len(qs)) if qs else None
+
+
+def _humans_sentence(metrics: dict, arms: list[str], components: list[str], fdr: float) -> str:
+    counts = {arm: _like_counts(metrics, arm, components, fdr) for arm in arms}
+    tested = {arm: c for arm, c in counts.items() if c is not None}
+    if not tested:
+        return "Like the humans: not tested (metrics.permutations=0)."
+    like = [arm for arm, (k, n) in tested.items() if k == n]
+    partly = sorted((arm for arm in tested if arm not in like), key=lambda a: -tested[a][0] / tested[a][1])
+    parts = [("Like the humans on every score component: " + ", ".join(like)) if like
+             else "No arm is like the humans on every score component"]
+    if partly:
+        parts.append("like them on " + ", ".join(f"{tested[a][0]} of {tested[a][1]} for {a}" for a in partly))
+    return "; ".join(parts) + f" (swap tests, q > {fdr:g})."
+
+
+def _best_sentence(metrics: dict, arms: list[str]) -> str:
+    from fidelity_exp.metrics.score import SCORE
+
+    scored = {arm: metrics.get(registry.arm_key(arm, SCORE)) for arm in arms}
+    scored = {arm: v for arm, v in scored.items() if v is not None}
+    if not scored:
+        return f"Best arm: no arm has a {SCORE}."
+    order = sorted(scored, key=scored.get)
+    best = order[0]
+    text = f"Best {SCORE} (lower is better): {best} {cell(metrics, registry.arm_key(best, SCORE))}"
+    if len(order) > 1:
+        text += ", then " + ", ".join(f"{a} {fmt(scored[a])}" for a in order[1:])
+    reference = metrics.get(registry.reference_key(SCORE))
+    if reference is not None:
+        text += f"; two halves of the humans score {fmt(reference)}"
+    return text + "."
+
+
+def compact_table(metrics: dict, arms: list[str], components: list[str], fdr: float) -> list[str]:
+    """Markdown: one row per arm, its fidelity_score and one mark per score component (like the
+    humans / distinguishable / not tested), the components numbered under the table."""
+    from fidelity_exp.metrics.score import SCORE
+
+    numbers = [f"C{i}" for i in range(1, len(components) + 1)]
+    lines = ["| arm | " + SCORE + " | like humans | " + " | ".join(numbers) + " |",
+             "|---|---|---|" + "---|" * len(components)]
+    for arm in arms:
+        marks = []
+        for key in components:
+            q = metrics.get(registry.perm_key(registry.arm_key(arm, key), "q_value"))
+            marks.append("·" if q is None else ("✓" if q > fdr else "✗"))
+        counts = _like_counts(metrics, arm, components, fdr)
+        like = "—" if counts is None else f"{counts[0]} of {counts[1]}"
+        score = fmt(metrics.get(registry.arm_key(arm, SCORE)))
+        lines.append(f"| {arm} | {score} | {like} | " + " | ".join(marks) + " |")
+    legend = "; ".join(f"{c} {k}" for c, k in zip(numbers, components))
+    return [*lines, "", f"✓ like the humans (q > {fdr:g}), ✗ distinguishable, · not tested. {legend}."]
