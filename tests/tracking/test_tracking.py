@@ -239,7 +239,8 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
 
     # the lab notebook (tracking/notebook.py): description, source, datasets, traces, system metrics
     note = run.data.tags["mlflow.note.content"]
-    assert note.startswith("## Headline metrics") and "| finetuned |" in note and "human split-half" in note
+    assert note.startswith("## The answer") and "Fine-tuning" in note[:800]     # did fine-tuning help, first
+    assert "## Headline metrics" in note and "| finetuned |" in note and "human split-half" in note
     assert run.data.tags["mlflow.source.name"]     # `python -m fidelity_exp` from the command line
     assert run.data.tags["mlflow.source.type"] == "LOCAL" and "mlflow.user" in run.data.tags
     contexts = {d.dataset.name: [t.value for t in d.tags if t.key == "mlflow.data.context"][0]

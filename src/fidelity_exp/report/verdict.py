@@ -55,8 +55,8 @@ def against_humans(metrics: dict, arms: list[str], keys: list[str], fdr: float) 
     return pd.DataFrame(rows, columns=["metric", "better", *arms])
 
 
-def pair_significance(metrics: dict, a: str, b: str, keys: list[str], fdr: float) -> dict[str, tuple[float, float, bool]]:
-    """key -> (better, p, significant) for the pair's keys with a p value; significance by BH over them."""
+def pair_tests(metrics: dict, a: str, b: str, keys: list[str]) -> dict[str, tuple[float, float, float]]:
+    """key -> (better, p, q) for the pair's keys with a p value; q by BH over them."""
     found = {}
     for key in keys:
         better = metrics.get(registry.compare_key(a, b, key, "better"))
@@ -64,7 +64,12 @@ def pair_significance(metrics: dict, a: str, b: str, keys: list[str], fdr: float
         if better is not None and p is not None:
             found[key] = (better, p)
     q = benjamini_hochberg({k: p for k, (_, p) in found.items()})
-    return {k: (better, p, q[k] <= fdr) for k, (better, p) in found.items()}
+    return {k: (better, p, q[k]) for k, (better, p) in found.items()}
+
+
+def pair_significance(metrics: dict, a: str, b: str, keys: list[str], fdr: float) -> dict[str, tuple[float, float, bool]]:
+    """key -> (better, p, significant) for the pair's keys with a p value; significance by BH over them."""
+    return {k: (better, p, q <= fdr) for k, (better, p, q) in pair_tests(metrics, a, b, keys).items()}
 
 
 def arm_vs_arm(metrics: dict, pairs: list[tuple[str, str]], keys: list[str], fdr: float) -> pd.DataFrame:
@@ -136,22 +141,16 @@ def short_answer(metrics: dict, arms: list[str], components: list[str], fdr: flo
 def _tuning_sentence(metrics: dict, arms: list[str], components: list[str], fdr: float) -> str:
     if TUNED not in arms or BASE not in arms:
         return f"Fine-tuning: this run has no {TUNED} and {BASE} arms to compare (arms: {', '.join(arms)})."
-    found = {}
-    for key in components:
-        better = metrics.get(registry.compare_key(TUNED, BASE, key, "better"))
-        p = metrics.get(registry.compare_key(TUNED, BASE, key, "p_value"))
-        if better is not None and p is not None:
-            found[key] = (better, p)
+    found = pair_tests(metrics, TUNED, BASE, components)
     if not found:
         return (f"Fine-tuning: {TUNED} vs {BASE} was not tested (no paired comparison with p values: "
                 "metrics.permutations=0, or the arms do not share their humans).")
-    q = benjamini_hochberg({k: p for k, (_, p) in found.items()})
-    wins = [k for k, (b, _) in found.items() if q[k] <= fdr and b > 0]
-    losses = [k for k, (b, _) in found.items() if q[k] <= fdr and b < 0]
+    wins = [k for k, (b, _, q) in found.items() if q <= fdr and b > 0]
+    losses = [k for k, (b, _, q) in found.items() if q <= fdr and b < 0]
 
     def listed(keys):
-        return "; ".join(f"{k} by {abs(found[k][0]):.3g} (p {_p(found[k][1])}, q {_p(q[k])})" for k in keys[:3]) + (
-            f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
+        return "; ".join(f"{k} by {abs(found[k][0]):.3g} (p {_p(found[k][1])}, q {_p(found[k][2])})"
+                         for k in keys[:3]) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
     n = len(found)
     if wins and not losses:
         head = f"Fine-tuning helped: {TUNED} beats {BASE} on {len(wins)} of {n} score components ({listed(wins)})"
