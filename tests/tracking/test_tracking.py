@@ -207,6 +207,12 @@ def test_llm_arms_end_to_end_on_the_tiny_model(composer, tmp_path):
             "synthetic/finetuned.csv"} <= logged
     version = client.get_model_version("anes96-tiny_random-lora", "1")
     assert version.run_id == run.info.run_id and run.data.tags["adapter.uri"] == "models:/anes96-tiny_random-lora/1"
+    # the version says what it is and how good (#30), its model card is filled (not PEFT's template)
+    assert version.description.startswith("study: anes96 v1; base model: tiny_random; pilot humans: ")
+    assert run.info.run_id in version.description and "finetuned/fidelity_score = " in version.description
+    card = open(client.download_artifacts(run.info.run_id, "adapter/README.md", str(tmp_path))).read()
+    assert card.startswith("# anes96-tiny_random-lora") and "**LoRA**: rank" in card
+    assert "More Information Needed" not in card
     twins = pd.read_csv(client.download_artifacts(run.info.run_id, "synthetic/finetuned.csv", str(tmp_path)))
     assert len(twins) == 20 and "vote__p__1" in twins.columns
 

@@ -201,8 +201,12 @@ class LLMSession:
                                  "perf/finetune_seconds": result.seconds,
                                  "train/loss_first": result.losses[0], "train/loss_last": result.losses[-1],
                                  "train/examples": result.examples, "train/tokens": result.tokens})
+            about = {"study": f"{self.study.spec.name} v{self.study.spec.version}", "base model": self.loaded.name,
+                     "pilot humans": len(given), "LoRA": f"rank {settings.lora.rank}, alpha {settings.lora.alpha}",
+                     "epochs": settings.epochs, "learning rate": settings.learning_rate,
+                     "train examples": result.examples}
             adapters.log_and_register(tracked, result.model,
-                                      adapters.registered_name(self.study.spec.name, self.loaded.name))
+                                      adapters.registered_name(self.study.spec.name, self.loaded.name), about)
         return result.model
 
     def take_off_adapter(self, model: Any) -> None:

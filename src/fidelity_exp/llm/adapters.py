@@ -23,17 +23,47 @@ def registered_name(study: str, model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study}-{model}-lora")
 
 
-def log_and_register(tracked: Any, peft_model: Any, name: str) -> None:
-    """Save the adapter (safetensors) and log it as `adapter` now; register it as a new version of
-    `name` when the run finishes (a run that ends FAILED registers nothing)."""
+HEADLINE = ("finetuned/fidelity_score", "base/fidelity_score", "compare/finetuned__vs__base/better_share")
+
+
+def log_and_register(tracked: Any, peft_model: Any, name: str, about: dict[str, Any] | None = None) -> None:
+    """Save the adapter (safetensors) with a model card (README.md: what it was trained on, from
+    `about`) and log it as `adapter` now; register it as a new version of `name` when the run
+    finishes (a run that ends FAILED registers nothing), described with the run's headline metrics."""
+    about = dict(about or {})
     with tempfile.TemporaryDirectory() as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
+        (Path(tmp) / "README.md").write_text(model_card(name, about), encoding="utf-8")   # PEFT's blank template
         tracked.log_dir(tmp, "adapter")
-    tracked.when_finished(lambda: register(tracked, name))
+    tracked.when_finished(lambda: register(tracked, name, about))
 
 
-def register(tracked: Any, name: str) -> str:
-    """Register the run's logged `adapter` as a new version of `name`; return the version."""
+def model_card(name: str, about: dict[str, Any]) -> str:
+    """The adapter's README.md: what it is, what it was trained on, how to use it."""
+    lines = [f"# {name}", "", "A LoRA adapter fine-tuned by fidelity_exp on a pilot of human survey respondents, so "
+             "that the base model answers as twins of other respondents.", ""]
+    lines += [f"- **{k}**: {v}" for k, v in about.items()]
+    lines += ["", "## Use", "", "```bash", f"python -m fidelity_exp +experiment=quickstart finetune=registered "
+              f"finetune.uri=models:/{name}/<version>", "```", "",
+              "Served with vLLM: `vllm serve <base model> --enable-lora --lora-modules finetuned=<this folder>`, "
+              "then `arms=[served] arms.served.model=finetuned` (README, served models).", "",
+              "Its fidelity (METRICS.md) is in the registered version's description and in the run that made it."]
+    return "\n".join(lines) + "\n"
+
+
+def version_description(about: dict[str, Any], run: Any) -> str:
+    """The registered version's description: the study, pilot and base model, the run, and the run's
+    headline metrics (the fine-tuned arm's fidelity_score beside the base model's)."""
+    parts = [f"{k}: {v}" for k, v in about.items()]
+    parts.append(f"run {run.info.run_id} (experiment {run.info.experiment_id})")
+    metrics = run.data.metrics
+    parts += [f"{k} = {metrics[k]:.3f}" for k in HEADLINE if k in metrics]
+    return "; ".join(parts)
+
+
+def register(tracked: Any, name: str, about: dict[str, Any] | None = None) -> str:
+    """Register the run's logged `adapter` as a new version of `name`, described (study, pilot,
+    run, headline metrics); return the version."""
     from mlflow.exceptions import MlflowException
 
     client = tracked.client
@@ -43,7 +73,8 @@ def register(tracked: Any, name: str) -> str:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code if hasattr(e, "error_code") else e):
             raise
     run = client.get_run(tracked.run_id)
-    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/adapter", run_id=tracked.run_id)
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/adapter", run_id=tracked.run_id,
+                                          description=version_description(dict(about or {}), run))
     tracked.set_tags({"adapter.registered_model": name, "adapter.version": version.version,
                       "adapter.uri": f"models:/{name}/{version.version}"})
     return str(version.version)
