@@ -23,9 +23,6 @@ def registered_name(study: str, model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study}-{model}-lora")
 
 
-HEADLINE = ("finetuned/fidelity_score", "base/fidelity_score", "compare/finetuned__vs__base/better_share")
-
-
 def log_and_register(tracked: Any, peft_model: Any, name: str, about: dict[str, Any] | None = None) -> None:
     """Save the adapter (safetensors) with a model card (README.md: what it was trained on, from
     `about`) and log it as `adapter` now; register it as a new version of `name` when the run
@@ -56,8 +53,13 @@ def version_description(about: dict[str, Any], run: Any) -> str:
     headline metrics (the fine-tuned arm's fidelity_score beside the base model's)."""
     parts = [f"{k}: {v}" for k, v in about.items()]
     parts.append(f"run {run.info.run_id} (experiment {run.info.experiment_id})")
+    from fidelity_exp.metrics import registry
+    from fidelity_exp.metrics.score import SCORE
+
+    headline = (registry.arm_key("finetuned", SCORE), registry.arm_key("base", SCORE),
+                registry.compare_key("finetuned", "base", None))
     metrics = run.data.metrics
-    parts += [f"{k} = {metrics[k]:.3f}" for k in HEADLINE if k in metrics]
+    parts += [f"{k} = {metrics[k]:.3f}" for k in headline if k in metrics]
     return "; ".join(parts)
 
 
