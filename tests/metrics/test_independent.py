@@ -116,6 +116,8 @@ def test_evaluate_matches_an_independent_computation(tmp_path):
     humans = make_people(400, seed=1)
     synthetic = make_people(350, seed=2, ids=None).drop(columns="resp.id")
     synthetic.insert(0, "twin_of", humans["resp.id"].sample(350, random_state=0).to_numpy())
+    persona = ["demo.age", "region"]      # paired twins were given their humans' persona (checked since #31)
+    synthetic[persona] = humans.set_index("resp.id").loc[synthetic["twin_of"], persona].to_numpy()
     synthetic["notes"] = "produced elsewhere"    # an extra column a user's file may carry
     humans.to_csv(tmp_path / "humans.csv", index=False)
     synthetic.to_csv(tmp_path / "twins.csv", index=False)
