@@ -105,21 +105,21 @@ def test_quickstart_with_a_served_arm_then_the_cache(llama_server, tmp_path):
             assert key.encode() not in path.read_bytes(), f"the API key is in {path}"
 
 
-class _FailsOnce(http.server.BaseHTTPRequestHandler):
-    """A loopback proxy to the real server whose first request gets HTTP 500."""
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """A loopback proxy to the real server that answers `failing` requests (a test of the 1-based
+    request number) with `status` and `body` instead of forwarding them."""
 
-    target = ""
-    failed = False
+    target, failing, status, body, seen = "", frozenset(), 500, b"", 0
 
     def do_POST(self):   # noqa: N802 - http.server's name
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if not _FailsOnce.failed:
-            _FailsOnce.failed = True
-            self.send_response(500)
+        _Proxy.seen += 1
+        if _Proxy.failing(_Proxy.seen):
+            self.send_response(_Proxy.status)
             self.end_headers()
-            self.wfile.write(b"overloaded")
+            self.wfile.write(_Proxy.body)
             return
-        request = urllib.request.Request(_FailsOnce.target + self.path.removeprefix("/v1"), data=body,
+        request = urllib.request.Request(_Proxy.target + self.path.removeprefix("/v1"), data=body,
                                          headers={"Content-Type": "application/json"})
         reply = urllib.request.urlopen(request, timeout=60).read()
         self.send_response(200)
@@ -131,10 +131,15 @@ class _FailsOnce(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_500_is_retried(llama_server):
-    _FailsOnce.target, _FailsOnce.failed = llama_server, False
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FailsOnce)
+def _proxy(target: str, failing, status: int, body: bytes) -> http.server.ThreadingHTTPServer:
+    _Proxy.target, _Proxy.failing, _Proxy.status, _Proxy.body, _Proxy.seen = target, failing, status, body, 0
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return proxy
+
+
+def test_a_500_is_retried(llama_server):
+    proxy = _proxy(llama_server, lambda n: n == 1, 500, b"overloaded")   # the first request fails
     try:
         client = ServedClient(base_url=f"http://127.0.0.1:{proxy.server_port}/v1", model="smollm2", api_key_env=None,
                               timeout_s=60, retries=2, top_logprobs=20, cache_dir=None)
@@ -223,35 +228,8 @@ def test_the_completions_api_reads_what_the_chat_api_reads(llama_server, tmp_pat
             assert np.abs(chat_p - text_p).max() < 1e-3, (j, chat_p, text_p)
 
 
-class _GoesDown(http.server.BaseHTTPRequestHandler):
-    """A loopback proxy to the real server that answers HTTP 400 from its `healthy`-th request on."""
-
-    target, healthy, seen = "", 0, 0
-
-    def do_POST(self):   # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _GoesDown.seen += 1
-        if _GoesDown.seen > _GoesDown.healthy:
-            self.send_response(400)
-            self.end_headers()
-            self.wfile.write(b"model unloaded")
-            return
-        request = urllib.request.Request(_GoesDown.target + self.path.removeprefix("/v1"), data=body,
-                                         headers={"Content-Type": "application/json"})
-        reply = urllib.request.urlopen(request, timeout=60).read()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_server_lost_mid_run_fails_the_run_and_stops_every_twin(llama_server, tmp_path):
-    _GoesDown.target, _GoesDown.healthy, _GoesDown.seen = llama_server, 6, 0
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GoesDown)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy = _proxy(llama_server, lambda n: n > 6, 400, b"model unloaded")   # down from the 7th request on
     try:
         url = f"http://127.0.0.1:{proxy.server_port}/v1"
         done = main("+experiment=quickstart", "arms=[served]", f"arms.served.base_url={url}",
@@ -264,4 +242,4 @@ def test_a_server_lost_mid_run_fails_the_run_and_stops_every_twin(llama_server, 
     assert "answered HTTP 400: model unloaded" in done.stderr
     assert [status for status, _ in _runs(tmp_path)] == ["FAILED"]
     # 1 probe + 5 healthy, the failing request, and at most the other twin's request in flight
-    assert _GoesDown.seen <= 6 + 2, _GoesDown.seen
+    assert _Proxy.seen <= 6 + 2, _Proxy.seen

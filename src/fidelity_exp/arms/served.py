@@ -21,15 +21,14 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins, twin_base
-from fidelity_exp.arms.llm import SimulateSettings, records
+from fidelity_exp.arms import ARMS, Arm, ArmContext, Twins
+from fidelity_exp.arms.llm import SimulateSettings, records, synthetic_frame
 from fidelity_exp.errors import ConfigError
 from fidelity_exp.llm.interview import LETTERS, interview_orders, messages, shown_order
 from fidelity_exp.llm.served import ServedClient
 from fidelity_exp.metrics.position import OrderScorings
 from fidelity_exp.metrics.registry import register_other
 from fidelity_exp.settings import option
-from fidelity_exp.study.synthetic_file import PROB_SEP
 
 log = logging.getLogger(__name__)
 register_other("served/*/option_mass/mean", "served/*/option_mass/min", "served/*/missing_share",
@@ -117,7 +116,7 @@ class Served(Arm):
 
     # -- the twins ------------------------------------------------------------------------
     def simulate(self, ctx: ArmContext) -> Twins:
-        from fidelity_exp.llm.engine import _Branches, choose, over_codes, uniforms_for
+        from fidelity_exp.llm.engine import SimulationResult, _Branches, choose, over_codes, uniforms_for
 
         spec, sim = ctx.study.spec, ctx.settings.simulate
         client = self.client(ctx.settings)
@@ -184,12 +183,7 @@ class Served(Arm):
                     future.cancel()
                 raise
         seconds = time.perf_counter() - started
-        frame = twin_base(ctx.study, ctx.split)
-        for j, q in enumerate(spec.questions):
-            frame[q.column] = [a[j] for a in answers]
-        for j, q in enumerate(spec.questions):
-            for c, code in enumerate(q.codes):
-                frame[f"{q.column}{PROB_SEP}{code}"] = probs[j][:, c]
+        frame = synthetic_frame(ctx.study, ctx.split, SimulationResult(answers, probs, 0, seconds))
         all_mass = np.concatenate([np.asarray(m, dtype=float) for m in mass])
         all_missing = np.concatenate([np.asarray(m, dtype=float) for m in missing])
         c = client.counters
